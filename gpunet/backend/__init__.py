@@ -1,0 +1,128 @@
+"""Backend selection: ``get_backend("auto" | "cpu" | "gpu" | "gpu:N")``, ``use_backend``.
+
+The default backend comes from the ``GPUNET_DEVICE`` environment variable (``auto`` when
+unset). ``auto`` tries CuPy, a device count and a tiny kernel compile, and falls back to NumPy
+with one warning that says why; an explicit ``gpu`` that cannot be had raises
+``BackendUnavailableError`` naming what to install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator
+
+from .base import Array, Backend, BatchTooSmallError
+from .numpy_backend import NumpyBackend
+
+__all__ = [
+    "Array",
+    "Backend",
+    "BackendUnavailableError",
+    "BatchTooSmallError",
+    "NumpyBackend",
+    "current_backend",
+    "get_backend",
+    "use_backend",
+]
+
+INSTALL_HINT = (
+    "install CuPy for your CUDA version: pip install 'gpunet[cuda12]' or 'gpunet[cuda13]'"
+)
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot be used here."""
+
+
+_cache: dict[str, Backend] = {}
+_stack: list[Backend] = []
+
+
+def _probe_gpu(device: int) -> Backend:
+    """A working ``CupyBackend`` on ``device``, or an exception saying why not."""
+    import cupy
+
+    count = cupy.cuda.runtime.getDeviceCount()
+    if count < 1:
+        raise RuntimeError("no CUDA device found")
+    if device >= count:
+        raise RuntimeError(f"CUDA device {device} requested but only {count} present")
+    from .cupy_backend import CupyBackend
+
+    be = CupyBackend(device)
+    with be.device:
+        probe = cupy.ElementwiseKernel("float32 x", "float32 y", "y = x + 1", "gpunet_probe")
+        out = probe(cupy.zeros(4, dtype=cupy.float32))
+        if float(out.sum()) != 4.0:
+            raise RuntimeError("a test kernel returned a wrong result")
+    return be
+
+
+def get_backend(spec: str | Backend | None = None) -> Backend:
+    """The backend named by ``spec``: ``"auto"``, ``"cpu"``, ``"gpu"`` or ``"gpu:N"``.
+
+    ``None`` means the innermost ``use_backend`` context, else ``GPUNET_DEVICE``, else auto.
+    """
+    if isinstance(spec, Backend):
+        return spec
+    if spec is None:
+        if _stack:
+            return _stack[-1]
+        spec = os.environ.get("GPUNET_DEVICE", "auto")
+    spec = spec.strip().lower()
+    if spec in _cache:
+        return _cache[spec]
+    if spec in ("cpu", "numpy"):
+        be: Backend = NumpyBackend()
+    elif spec == "auto":
+        try:
+            be = _probe_gpu(0)
+        except Exception as exc:  # noqa: BLE001 - any failure means "no usable GPU"
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if isinstance(exc, ImportError):
+                reason = "CuPy is not installed"
+            warnings.warn(
+                f"gpunet: no usable GPU ({reason}); using the NumPy CPU backend",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            be = get_backend("cpu")
+    elif spec == "gpu" or spec.startswith("gpu:") or spec in ("cuda", "cupy"):
+        index = 0
+        if ":" in spec:
+            try:
+                index = int(spec.split(":", 1)[1])
+            except ValueError:
+                raise ValueError(f"bad device {spec!r}: expected gpu:N with N an integer") from None
+        try:
+            be = _probe_gpu(index)
+        except ImportError:
+            raise BackendUnavailableError(
+                f"device {spec!r} requested but CuPy is not installed; {INSTALL_HINT}"
+            ) from None
+        except Exception as exc:  # noqa: BLE001
+            raise BackendUnavailableError(
+                f"device {spec!r} requested but no usable GPU: {exc}; {INSTALL_HINT}"
+            ) from None
+    else:
+        raise ValueError(f"unknown device {spec!r}: use auto, cpu, gpu or gpu:N")
+    _cache[spec] = be
+    return be
+
+
+def current_backend() -> Backend:
+    """The backend that ``get_backend(None)`` would return."""
+    return get_backend(None)
+
+
+@contextlib.contextmanager
+def use_backend(spec: str | Backend) -> Iterator[Backend]:
+    """Make ``spec`` the default backend inside a ``with`` block."""
+    be = get_backend(spec)
+    _stack.append(be)
+    try:
+        yield be
+    finally:
+        _stack.pop()
