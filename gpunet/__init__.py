@@ -1,10 +1,10 @@
 """gpunet: fully connected classifiers on NumPy (CPU) or CuPy with fused CUDA kernels (GPU)."""
 
-from . import backend, layers, losses, optim
+from . import backend, errors, layers, losses, optim
 from .backend import get_backend, use_backend
 from .model import MLP
 
 __version__ = "0.1.0"
 
-__all__ = ["MLP", "backend", "get_backend", "layers", "losses", "optim", "use_backend",
+__all__ = ["MLP", "backend", "errors", "get_backend", "layers", "losses", "optim", "use_backend",
            "__version__"]

@@ -13,6 +13,7 @@ import os
 import warnings
 from collections.abc import Iterator
 
+from ..errors import GpunetError
 from .base import Array, Backend, BatchTooSmallError
 from .numpy_backend import NumpyBackend
 
@@ -32,7 +33,7 @@ INSTALL_HINT = (
 )
 
 
-class BackendUnavailableError(RuntimeError):
+class BackendUnavailableError(GpunetError, RuntimeError):
     """An explicitly requested backend cannot be used here."""
 
 

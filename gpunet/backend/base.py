@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import GpunetError
+
 Array = Any  # numpy.ndarray or cupy.ndarray
 
 
-class BatchTooSmallError(ValueError):
+class BatchTooSmallError(GpunetError, ValueError):
     """A batch-norm training batch with fewer than two samples (its variance is undefined)."""
 
 
