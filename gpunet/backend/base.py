@@ -109,6 +109,19 @@ class Backend:
         return out
 
     # ------------------------------------------------------------------ batch norm
+    def _centered(self, x: Array, mean: Array, out: Array) -> Array:
+        """``out = x - mean`` in x's dtype, exact to its rounding even when |mean| >> std.
+
+        ``mean`` is float64; it is split into ``hi + lo`` in x's dtype, and
+        ``(x - hi) - lo`` is computed (``x - hi`` is exact when x is near the mean).
+        """
+        xp = self.xp
+        hi = mean.astype(x.dtype)
+        lo = (mean - hi).astype(x.dtype)
+        xp.subtract(x, hi, out=out)
+        xp.subtract(out, lo, out=out)
+        return out
+
     def batchnorm_forward_train(
         self,
         x: Array,
@@ -123,8 +136,10 @@ class Backend:
     ) -> tuple[Array, Array, Array]:
         """Training-mode batch norm over (n, C) ``x``; returns ``(y, mean, invstd)``.
 
-        ``mean`` and the biased ``var`` are column statistics of the batch (two-pass:
-        ``var = mean((x - mean)^2)``), ``invstd = 1 / sqrt(var + eps)``,
+        ``mean`` and the biased ``var`` are column statistics of the batch, by two passes
+        (``var = mean((x - mean)^2)``, never ``E[x^2] - E[x]^2``) with float64 accumulation;
+        ``mean`` is returned as float64 so that backward can centre x exactly,
+        ``invstd = 1 / sqrt(var + eps)`` in x's dtype,
         ``y = gamma * (x - mean) * invstd + beta`` (then ``max(y, 0)`` when ``relu``).
         In place: ``running_mean = (1 - momentum) * running_mean + momentum * mean`` and
         ``running_var = (1 - momentum) * running_var + momentum * var * n / (n - 1)``
@@ -137,20 +152,17 @@ class Backend:
                 f"batch norm needs at least 2 samples per training batch, got {n}"
             )
         out = self._out(out, x.shape, x.dtype)
-        mean = x.mean(axis=0, dtype=x.dtype)
-        xp.subtract(x, mean, out=out)  # out holds x - mean
-        var = xp.mean(xp.square(out), axis=0, dtype=x.dtype)
-        invstd = 1.0 / xp.sqrt(var + np.float32(eps))
-        invstd = invstd.astype(x.dtype, copy=False)
-        xp.multiply(out, invstd * gamma, out=out)
+        mean = x.mean(axis=0, dtype=np.float64)
+        d = self._centered(x, mean, out)  # out holds x - mean
+        var = xp.square(d).mean(axis=0, dtype=np.float64)
+        invstd = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)
+        xp.multiply(d, (invstd * gamma).astype(x.dtype, copy=False), out=out)
         xp.add(out, beta, out=out)
         if relu:
             xp.maximum(out, 0, out=out)
-        m = np.float32(momentum)
-        running_mean *= 1 - m
-        running_mean += m * mean
-        running_var *= 1 - m
-        running_var += (m * n / (n - 1)) * var
+        m = float(momentum)
+        running_mean[...] = (1 - m) * running_mean + m * mean
+        running_var[...] = (1 - m) * running_var + (m * n / (n - 1)) * var
         return out, mean, invstd
 
     def batchnorm_forward_infer(
@@ -168,10 +180,10 @@ class Backend:
         + beta``, each row independent of the others; nothing is updated."""
         xp = self.xp
         out = self._out(out, x.shape, x.dtype)
-        scale = (gamma / xp.sqrt(running_var + np.float32(eps))).astype(x.dtype, copy=False)
-        shift = (beta - running_mean * scale).astype(x.dtype, copy=False)
-        xp.multiply(x, scale, out=out)
-        xp.add(out, shift, out=out)
+        scale = gamma / xp.sqrt(running_var.astype(np.float64) + eps)
+        self._centered(x, running_mean.astype(np.float64), out)
+        xp.multiply(out, scale.astype(x.dtype), out=out)
+        xp.add(out, beta, out=out)
         if relu:
             xp.maximum(out, 0, out=out)
         return out
@@ -190,22 +202,19 @@ class Backend:
     ) -> Array:
         """Backward of training-mode batch norm; returns ``dx``, fills ``dgamma``/``dbeta``.
 
-        With ``x_hat = (x - mean) * invstd`` and ``g = dy`` (masked by ``y > 0`` when ``y``,
-        the fused-ReLU output, is given): ``dbeta = sum(g)``, ``dgamma = sum(g * x_hat)``,
-        ``dx = gamma * invstd / n * (n * g - dbeta - x_hat * dgamma)``.
+        ``mean`` and ``invstd`` are what the forward returned. With
+        ``x_hat = (x - mean) * invstd`` and ``g = dy`` (masked by ``y > 0`` when ``y``, the
+        fused-ReLU output, is given): ``dbeta = sum(g)``, ``dgamma = sum(g * x_hat)`` (float64
+        accumulation), ``dx = gamma * invstd / n * (n * g - dbeta - x_hat * dgamma)``.
         """
         xp = self.xp
         n = x.shape[0]
         out = self._out(out, x.shape, x.dtype)
-        if y is not None:
-            g = dy * (y > 0)
-        else:
-            g = dy
-        xhat = out  # reuse the output buffer for x_hat
-        xp.subtract(x, mean, out=xhat)
+        g = dy * (y > 0) if y is not None else dy
+        xhat = self._centered(x, mean, out)  # reuse the output buffer for x_hat
         xp.multiply(xhat, invstd, out=xhat)
-        g.sum(axis=0, out=dbeta)
-        xp.sum(g * xhat, axis=0, out=dgamma)
+        dbeta[...] = g.sum(axis=0, dtype=np.float64)
+        dgamma[...] = (g * xhat).sum(axis=0, dtype=np.float64)
         # dx = (gamma * invstd / n) * (n * g - dbeta - xhat * dgamma)
         xp.multiply(xhat, dgamma, out=xhat)
         xp.subtract(n * g, xhat, out=xhat)
@@ -251,7 +260,7 @@ class Backend:
         dl /= sumexp[:, None]
         dl[rows, labels] -= 1
         if class_weights is None:
-            loss = nll.mean(dtype=np.float32)
+            loss = nll.mean()
             dl *= np.float32(1.0 / n)
         else:
             w = class_weights[labels].astype(logits.dtype, copy=False)
@@ -300,9 +309,8 @@ class Backend:
     ) -> None:
         """``v = beta * v + (1 - beta) * g``; ``w -= lr * v`` (the course's form)."""
         g = self._decayed(w, g, decay, decay_mask)
-        b = np.float32(beta)
-        v *= b
-        v += (1 - b) * g
+        v *= np.float32(beta)
+        v += np.float32(1.0 - beta) * g
         w -= np.float32(lr) * v
 
     def rmsprop_update(
@@ -319,9 +327,8 @@ class Backend:
         """``s = beta2 * s + (1 - beta2) * g^2``; ``w -= lr * g / (sqrt(s) + eps)``."""
         xp = self.xp
         g = self._decayed(w, g, decay, decay_mask)
-        b = np.float32(beta2)
-        s *= b
-        s += (1 - b) * (g * g)
+        s *= np.float32(beta2)
+        s += np.float32(1.0 - beta2) * (g * g)
         w -= np.float32(lr) * g / (xp.sqrt(s) + np.float32(eps))
 
     def adam_update(
@@ -345,11 +352,10 @@ class Backend:
         """
         xp = self.xp
         g = self._decayed(w, g, decay, decay_mask)
-        b1, b2 = np.float32(beta1), np.float32(beta2)
-        m *= b1
-        m += (1 - b1) * g
-        v *= b2
-        v += (1 - b2) * (g * g)
+        m *= np.float32(beta1)
+        m += np.float32(1.0 - beta1) * g
+        v *= np.float32(beta2)
+        v += np.float32(1.0 - beta2) * (g * g)
         c1 = 1.0 - float(beta1) ** step
         c2 = 1.0 - float(beta2) ** step
         denom = xp.sqrt(v / np.float32(c2))
