@@ -1,0 +1,130 @@
+"""``gpunet data make|import|inspect``: thin wrappers over gpunet.data."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+from gpunet import data as gdata
+from gpunet.errors import GpunetError
+
+data_app = typer.Typer(
+    help="Make, import and inspect HDF5 datasets (X: (n, ...) numeric, y: class ids).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _run(fn: Callable[[], Any]) -> Any:
+    """Call ``fn``; a GpunetError becomes ``error: <message>`` on stderr and exit code 2."""
+    try:
+        return fn()
+    except GpunetError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _classes(value: str | None) -> list[str] | None:
+    return [c.strip() for c in value.split(",")] if value else None
+
+
+def _echo_summary(info: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+    parts = ", ".join(f"{s} {v['n']} x {v['x_shape'][1:]} {v['x_dtype']}"
+                      for s, v in info["splits"].items())
+    typer.echo(f"wrote {info['path']}: {parts}")
+
+
+@data_app.command("make")
+def make(
+    out: Annotated[pathlib.Path, typer.Option("--out", "-o", help="Output .h5 file.")],
+    kind: Annotated[str, typer.Option("--kind", help="blobs or spirals.")] = "blobs",
+    n: Annotated[int, typer.Option("--n", help="Number of samples (train + test).")] = 1000,
+    classes: Annotated[int, typer.Option("--classes", help="Number of classes.")] = 3,
+    features: Annotated[int, typer.Option("--features", help="Number of features.")] = 2,
+    noise: Annotated[float | None, typer.Option(
+        "--noise", help="blobs: cluster std (default 1.0); spirals: angle jitter (0.2).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    test_fraction: Annotated[float, typer.Option(
+        "--test-fraction", help="Stratified test share.")] = 0.2,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Write a synthetic dataset (groups train/ and test/, X float32, y int64)."""
+    info = _run(lambda: gdata.make_synthetic(kind, out, n=n, classes=classes, features=features,
+                                             noise=noise, seed=seed,
+                                             test_fraction=test_fraction, force=force))
+    _echo_summary(info, as_json)
+
+
+@data_app.command("import")
+def import_(
+    src: Annotated[pathlib.Path, typer.Argument(help="A .npz (no pickles) or .csv/.tsv file.")],
+    out: Annotated[pathlib.Path, typer.Option("--out", "-o", help="Output .h5 file.")],
+    x_key: Annotated[str | None, typer.Option("--x-key", help=".npz: the X array's name.")] = None,
+    y_key: Annotated[str | None, typer.Option("--y-key", help=".npz: the labels' name.")] = None,
+    label_column: Annotated[str | None, typer.Option(
+        "--label-column", help="CSV: label column name or index (default: a column "
+        "named label/labels/y/target/class, else the last).")] = None,
+    delimiter: Annotated[str | None, typer.Option("--delimiter", help="CSV delimiter.")] = None,
+    header: Annotated[bool | None, typer.Option(
+        "--header/--no-header", help="CSV: first row is a header (default: detect).")] = None,
+    classes: Annotated[str | None, typer.Option(
+        "--classes", help="Class names, comma-separated.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Convert a .npz or CSV file to .h5 (written to a temporary file, then renamed)."""
+    suffix = src.suffix.lower()
+
+    def go() -> dict[str, Any]:
+        if suffix == ".npz":
+            return gdata.import_npz(src, out, x_key=x_key, y_key=y_key,
+                                    classes=_classes(classes), force=force)
+        if suffix in (".csv", ".tsv", ".txt"):
+            return gdata.import_csv(src, out, label_column=label_column, delimiter=delimiter,
+                                    header=header, classes=_classes(classes), force=force)
+        raise gdata.DataError(f"cannot import {src.name}: use a .npz, .csv or .tsv file")
+
+    _echo_summary(_run(go), as_json)
+
+
+@data_app.command("inspect")
+def inspect(
+    data: Annotated[str, typer.Argument(help="An .h5 file or a bundled dataset name (digits).")],
+    x_key: Annotated[str | None, typer.Option("--x-key", help="Override the X key.")] = None,
+    y_key: Annotated[str | None, typer.Option("--y-key", help="Override the labels key.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Show keys, shapes, dtypes, the detected splits and keys, and class counts."""
+    info = _run(lambda: gdata.inspect_file(data, x_key=x_key, y_key=y_key))
+    if as_json:
+        typer.echo(json.dumps(info))
+    else:
+        typer.echo(f"{info['path']} ({info['bytes']:,} bytes)")
+        for k, v in info["attrs"].items():
+            text = ", ".join(map(str, v)) if isinstance(v, list) else str(v)
+            typer.echo(f"  @{k}: {text if len(text) <= 90 else text[:87] + '...'}")
+        w = max((len(d["key"]) for d in info["datasets"]), default=0)
+        for d in info["datasets"]:
+            typer.echo(f"  {d['key']:<{w}}  {str(tuple(d['shape'])):<14} {d['dtype']}")
+        for s, v in info["splits"].items():
+            y = v["y_key"] or "(no labels)"
+            same = ", same data as train" if v["same_as_train"] else ""
+            typer.echo(f"{s}: {v['x_key']} / {y}: n={v['n']:,}, features={v['n_features']}, "
+                       f"labels {v['labels']}{same}")
+            typer.echo("  class counts: " + " ".join(
+                f"{c}:{k}" for c, k in zip(info["classes"], v["class_counts"], strict=True)))
+        if info["splits"] and "val" not in info["splits"]:
+            typer.echo("val: none in the file (training holds out --val-split of train)")
+        if info["classes"] is not None:
+            typer.echo(f"classes ({info['n_classes']}): {', '.join(info['classes'])}")
+    if info["error"]:
+        typer.echo(f"error: {info['error']}", err=True)
+        raise typer.Exit(2)
