@@ -1,0 +1,333 @@
+"""The resolved training configuration: one dataclass, loaded from TOML, written as TOML.
+
+Precedence (lowest first): the defaults here, then the checkpoint's configuration when
+resuming, then a ``--config FILE.toml``, then options given explicitly on the command line.
+``None`` means "the optimizer's / schedule's own default" and is resolved by ``resolve()``.
+
+A config file is flat (``lr = 0.003``, ``hidden = [256, 128]``) or has the same keys under a
+``[train]`` table; keys may be written with ``-`` or ``_``. Unknown keys are an error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+#: default memory budget for reading a dataset into memory (bytes); the data layer's own
+#: default wins when it is importable, this is the fallback
+FALLBACK_MEMORY_BUDGET = 1 << 30
+
+#: per-optimizer defaults for ``lr``, ``beta1``, ``beta2``, ``eps`` (None: not used)
+OPTIMIZER_DEFAULTS: dict[str, dict[str, float | None]] = {
+    "adam": {"lr": 2e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
+    "sgd": {"lr": 0.1, "beta1": None, "beta2": None, "eps": None},
+    "momentum": {"lr": 0.1, "beta1": 0.9, "beta2": None, "eps": None},
+    "rmsprop": {"lr": 1e-3, "beta1": None, "beta2": 0.99, "eps": 1e-8},
+}
+SCHEDULES = ("none", "step", "exp", "cosine", "inverse")
+DEVICES = ("auto", "cpu", "gpu")
+ACTIVATIONS = ("relu", "tanh", "sigmoid")
+CLASS_WEIGHTS = ("none", "balanced")
+
+#: keys that fix the model or the data stream; they cannot change when resuming
+IMMUTABLE_ON_RESUME = (
+    "x_key", "y_key", "val", "val_split", "seed", "hidden", "batchnorm", "dropout",
+    "activation", "optimizer", "bn_momentum",
+)
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (see ``gpunet train --help`` for each option)."""
+
+    data: str | None = None
+    val: str | None = None
+    val_split: float = 0.1
+    x_key: str | None = None
+    y_key: str | None = None
+    memory_budget: int | None = None
+    hidden: list[int] = field(default_factory=lambda: [256, 128])
+    batchnorm: bool = True
+    dropout: float = 0.0
+    activation: str = "relu"
+    optimizer: str = "adam"
+    lr: float | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    eps: float | None = None
+    weight_decay: float = 0.0
+    lr_schedule: str = "none"
+    lr_step_size: int = 10
+    lr_gamma: float | None = None
+    lr_decay_rate: float = 1.0
+    epochs: int = 40
+    batch_size: int = 64
+    bn_momentum: float = 0.1
+    patience: int = 0
+    class_weights: str = "none"
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None
+    save_every: int = 0
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], base: TrainConfig | None = None,
+                  source: str = "configuration") -> TrainConfig:
+        """``base`` (or the defaults) with the entries of ``d`` applied and validated."""
+        cfg = TrainConfig(**asdict(base)) if base is not None else TrainConfig()
+        known = set(cls.keys())
+        for key, value in d.items():
+            k = key.replace("-", "_")
+            if k not in known:
+                raise ConfigError(f"unknown key {key!r} in {source}; known keys: "
+                                  + ", ".join(sorted(known)))
+            setattr(cfg, k, _coerce(k, value, source))
+        return cfg
+
+    def updated(self, d: dict[str, Any], source: str = "command line") -> TrainConfig:
+        return TrainConfig.from_dict(d, base=self, source=source)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    # ------------------------------------------------------------------ resolution
+    def resolve(self) -> TrainConfig:
+        """Fill optimizer / schedule defaults, check every value; return the result."""
+        cfg = TrainConfig(**asdict(self))
+        if cfg.optimizer not in OPTIMIZER_DEFAULTS:
+            raise ConfigError(f"unknown optimizer {cfg.optimizer!r}: use "
+                              + ", ".join(OPTIMIZER_DEFAULTS))
+        for k, v in OPTIMIZER_DEFAULTS[cfg.optimizer].items():
+            if getattr(cfg, k) is None:
+                setattr(cfg, k, v)
+        if cfg.lr_gamma is None:
+            cfg.lr_gamma = 0.1 if cfg.lr_schedule == "step" else 0.95
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` naming the first bad value."""
+        def bad(msg: str) -> None:
+            raise ConfigError(msg)
+
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            bad(f"--lr must be a positive number, got {self.lr}")
+        for name in ("beta1", "beta2"):
+            v = getattr(self, name)
+            if v is not None and not 0.0 <= v < 1.0:
+                bad(f"--{name} must be in [0, 1), got {v}")
+        if self.eps is not None and not self.eps > 0:
+            bad(f"--eps must be positive, got {self.eps}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            bad(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0.0 <= self.dropout < 1.0:
+            bad(f"--dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.val_split < 1.0:
+            bad(f"--val-split must be in [0, 1), got {self.val_split}")
+        if not 0.0 <= self.bn_momentum <= 1.0:
+            bad(f"--bn-momentum must be in [0, 1], got {self.bn_momentum}")
+        if self.epochs < 1:
+            bad(f"--epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            bad(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.batch_size < 2 and self.batchnorm:
+            bad("--batch-size 1 cannot train with batch norm (its batch variance needs at "
+                "least 2 samples); use --batch-size 2 or more, or --no-batchnorm")
+        if self.patience < 0:
+            bad(f"--patience must be >= 0 (0 turns early stopping off), got {self.patience}")
+        if self.save_every < 0:
+            bad(f"--save-every must be >= 0 (0: only at epoch ends), got {self.save_every}")
+        if any(h < 1 for h in self.hidden):
+            bad(f"--hidden widths must be positive integers, got {self.hidden}")
+        if self.lr_schedule not in SCHEDULES:
+            bad(f"unknown --lr-schedule {self.lr_schedule!r}: use {', '.join(SCHEDULES)}")
+        if self.lr_step_size < 1:
+            bad(f"lr_step_size must be >= 1, got {self.lr_step_size}")
+        if self.lr_gamma is not None and not self.lr_gamma > 0:
+            bad(f"lr_gamma must be positive, got {self.lr_gamma}")
+        if self.lr_decay_rate < 0:
+            bad(f"lr_decay_rate must be >= 0, got {self.lr_decay_rate}")
+        if self.activation not in ACTIVATIONS:
+            bad(f"unknown activation {self.activation!r}: use {', '.join(ACTIVATIONS)}")
+        if self.class_weights not in CLASS_WEIGHTS:
+            bad(f"unknown --class-weights {self.class_weights!r}: use none or balanced")
+        dev = self.device
+        if not (dev in DEVICES or re.fullmatch(r"gpu:\d+", dev)):
+            bad(f"unknown --device {dev!r}: use auto, cpu, gpu or gpu:N")
+        if self.memory_budget is not None and self.memory_budget < 1:
+            bad(f"--memory-budget must be positive, got {self.memory_budget}")
+
+    def optimizer_kwargs(self) -> dict[str, float]:
+        """Keyword arguments for ``optim.make_optimizer`` (call on a resolved config)."""
+        kw: dict[str, float] = {"lr": float(self.lr or 0), "weight_decay": self.weight_decay}
+        if self.optimizer == "adam":
+            kw.update(beta1=self.beta1, beta2=self.beta2, eps=self.eps)  # type: ignore[arg-type]
+        elif self.optimizer == "momentum":
+            kw.update(beta=self.beta1)  # type: ignore[arg-type]
+        elif self.optimizer == "rmsprop":
+            kw.update(beta2=self.beta2, eps=self.eps)  # type: ignore[arg-type]
+        return kw
+
+    def schedule_kwargs(self) -> dict[str, float]:
+        """Keyword arguments for ``optim.make_schedule`` (besides name and epochs)."""
+        if self.lr_schedule == "step":
+            return {"step_size": self.lr_step_size, "gamma": float(self.lr_gamma or 0.1)}
+        if self.lr_schedule == "exp":
+            return {"gamma": float(self.lr_gamma or 0.95)}
+        if self.lr_schedule == "inverse":
+            return {"decay_rate": self.lr_decay_rate}
+        return {}
+
+    # ------------------------------------------------------------------ TOML
+    def to_toml(self) -> str:
+        """The configuration as TOML (``None`` values are left out, as TOML has no null)."""
+        lines = ["# gpunet train: resolved configuration", "[train]"]
+        for k, v in asdict(self).items():
+            if v is None:
+                continue
+            lines.append(f"{k} = {_toml_value(v)}")
+        return "\n".join(lines) + "\n"
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """The table of a config file: the ``[train]`` table if present, else the top level."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {p} is a directory") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p} is not valid TOML (not UTF-8 text)") from None
+    if "train" in doc and isinstance(doc["train"], dict):
+        extra = [k for k in doc if k != "train"]
+        if extra:
+            raise ConfigError(f"config file {p}: keys outside [train]: {', '.join(extra)}")
+        return dict(doc["train"])
+    return dict(doc)
+
+
+def parse_hidden(text: str | list[int] | tuple[int, ...]) -> list[int]:
+    """``"512,256"`` -> ``[512, 256]``; ``""``, ``"none"`` or ``"0"`` -> ``[]`` (softmax
+    regression)."""
+    if isinstance(text, (list, tuple)):
+        items = list(text)
+    else:
+        s = str(text).strip().lower()
+        if s in ("", "none", "0", "[]"):
+            return []
+        items = [t for t in re.split(r"[,\s]+", s.strip("[]")) if t]
+    out: list[int] = []
+    for t in items:
+        try:
+            v = int(t)
+        except (TypeError, ValueError):
+            raise ConfigError(f"--hidden must be comma-separated integers like 512,256, "
+                              f"got {text!r}") from None
+        if v < 1 or (isinstance(t, float) and t != v):
+            raise ConfigError(f"--hidden widths must be positive integers, got {text!r}")
+        out.append(v)
+    return out
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10,
+               "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
+               "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30,
+               "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
+
+
+def parse_size(text: str | int) -> int:
+    """``"512MB"``, ``"2g"``, ``"1000000"`` -> bytes (binary units: 1 MB = 2**20 bytes)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())
+        if not m or m.group(2) not in _SIZE_UNITS:
+            raise ConfigError(f"--memory-budget must be a size like 500000000, 512MB or 2GB, "
+                              f"got {text!r}")
+        value = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    if value < 1:
+        raise ConfigError(f"--memory-budget must be positive, got {text!r}")
+    return value
+
+
+# ---------------------------------------------------------------------- helpers
+_FLOAT_KEYS = {"val_split", "dropout", "lr", "beta1", "beta2", "eps", "weight_decay",
+               "lr_gamma", "lr_decay_rate", "bn_momentum"}
+_INT_KEYS = {"epochs", "batch_size", "patience", "seed", "save_every", "lr_step_size"}
+_BOOL_KEYS = {"batchnorm"}
+_STR_KEYS = {"data", "val", "x_key", "y_key", "optimizer", "lr_schedule", "class_weights",
+             "device", "out", "activation"}
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Check and convert one value read from a config file, checkpoint or the command line."""
+    def wrong(kind: str) -> ConfigError:
+        return ConfigError(f"{key} in {source} must be {kind}, got {value!r}")
+
+    if value is None:
+        return None
+    if key == "hidden":
+        return parse_hidden(value)
+    if key == "memory_budget":
+        return parse_size(value)
+    if key in _BOOL_KEYS:
+        if isinstance(value, bool):
+            return value
+        raise wrong("true or false")
+    if key in _INT_KEYS:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise wrong("an integer")
+        try:
+            f = float(value)
+        except ValueError:
+            raise wrong("an integer") from None
+        if not f.is_integer():
+            raise wrong("an integer")
+        return int(f)
+    if key in _FLOAT_KEYS:
+        if isinstance(value, bool):
+            raise wrong("a number")
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise wrong("a number") from None
+        if not math.isfinite(f):
+            raise wrong("a finite number")
+        return f
+    if key in _STR_KEYS:
+        if not isinstance(value, str):
+            raise wrong("a string")
+        return value.lower() if key in ("optimizer", "lr_schedule", "class_weights",
+                                        "device", "activation") else value
+    return value
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))  # a JSON string is a valid TOML basic string
