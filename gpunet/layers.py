@@ -116,14 +116,17 @@ class Dense(Layer):
         self._x = x
         return z
 
-    def backward(self, dy: Array) -> Array:
-        """``dW = x.T @ dy``, ``db = sum_rows(dy)``, returns ``dx = dy @ W.T``."""
+    def backward(self, dy: Array, need_dx: bool = True) -> Array | None:
+        """``dW = x.T @ dy``, ``db = sum_rows(dy)``, returns ``dx = dy @ W.T`` (``None`` with
+        ``need_dx=False``: a first layer skips that product)."""
         if self._x is None:
             raise RuntimeError("Dense.backward called before forward")
         be = self.backend
         be.matmul(self._x.T, dy, out=self.grads["W"])
         if self.bias:
             be.sum_rows(dy, out=self.grads["b"])
+        if not need_dx:
+            return None
         dx = self._buf("dx", (dy.shape[0], self.in_features))
         return be.matmul(dy, self.params["W"].T, out=dx)
 

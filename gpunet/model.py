@@ -137,14 +137,20 @@ class MLP:
             i += 1
         return h
 
-    def backward(self, dlogits: Array) -> Array:
-        """Backpropagate ``dlogits``; fills the flat ``grads``. Returns d(loss)/d(input)."""
+    def backward(self, dlogits: Array, input_grad: bool = False) -> Array | None:
+        """Backpropagate ``dlogits``; fills the flat ``grads`` (overwriting, no accumulation).
+
+        Returns d(loss)/d(input) with ``input_grad=True``; otherwise the first Dense skips
+        that product and ``None`` is returned."""
         g = dlogits
-        for i in range(len(self.layers) - 1, -1, -1):
+        for i in range(len(self.layers) - 1, 0, -1):
             if i in self._fused:
                 continue  # this ReLU's mask was applied inside BatchNorm's backward
             g = self.layers[i].backward(g)
-        return g
+        first = self.layers[0]
+        if isinstance(first, Dense):
+            return first.backward(g, need_dx=input_grad)
+        return first.backward(g)
 
     def predict_proba(self, x: Any, batch_size: int = 4096) -> np.ndarray:
         """Class probabilities (n, classes) on the host, in inference mode."""

@@ -11,6 +11,8 @@ methods whenever dtype or layout does not fit; ``NumpyBackend`` is this class un
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -55,6 +57,49 @@ class Backend:
         if tuple(out.shape) != tuple(shape):
             raise ValueError(f"out has shape {tuple(out.shape)}, expected {tuple(shape)}")
         return out
+
+    # ------------------------------------------------------------------ work splitting
+    #: threads for elementwise work split by rows or chunks (NumPy releases the GIL in ufuncs);
+    #: 1 runs everything in the calling thread
+    threads = 1
+    #: rows per float32 partial column sum, merged in float64 (None: one reduction per part)
+    REDUCE_ROWS: int | None = 256
+    _pool: ThreadPoolExecutor | None = None
+
+    def _parallel(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        """``[fn(i) for i in items]``, on ``threads`` threads when there is more than one."""
+        if self.threads > 1 and len(items) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gpunet")
+            return list(self._pool.map(fn, items))
+        return [fn(i) for i in items]
+
+    def _parts(self, n: int, min_size: int = 64) -> list[slice]:
+        """``threads`` contiguous slices covering range(n), none smaller than ``min_size``."""
+        k = max(1, min(self.threads, n // min_size))
+        bounds = [n * i // k for i in range(k + 1)]
+        return [slice(bounds[i], bounds[i + 1]) for i in range(k)]
+
+    def _colsum(self, a: Array, b: Array | None = None) -> Array:
+        """float64 column sums of ``a`` (or of ``a * b``): float32 partials over blocks of
+        ``REDUCE_ROWS`` rows, added in float64 (error ~ REDUCE_ROWS * eps, not n * eps)."""
+        xp = self.xp
+        step = self.REDUCE_ROWS or a.shape[0] or 1
+        total = xp.zeros(a.shape[1], dtype=np.float64)
+        for s in range(0, a.shape[0], step):
+            blk = a[s:s + step]
+            part = blk.sum(axis=0) if b is None else xp.einsum("ij,ij->j", blk, b[s:s + step])
+            total += part
+        return total
+
+    def _workspace(self, name: str, shape: tuple[int, ...], dtype: Any) -> Array:
+        """A scratch array cached by name, shape and dtype (reused, never returned to users)."""
+        key = (name, tuple(shape), np.dtype(dtype).str)
+        ws = self.__dict__.setdefault("_ws", {})
+        buf = ws.get(key)
+        if buf is None:
+            buf = ws[key] = self.xp.empty(shape, dtype=dtype)
+        return buf
 
     # ------------------------------------------------------------------ dense
     def matmul(self, a: Array, b: Array, out: Array | None = None) -> Array:
@@ -109,18 +154,11 @@ class Backend:
         return out
 
     # ------------------------------------------------------------------ batch norm
-    def _centered(self, x: Array, mean: Array, out: Array) -> Array:
-        """``out = x - mean`` in x's dtype, exact to its rounding even when |mean| >> std.
-
-        ``mean`` is float64; it is split into ``hi + lo`` in x's dtype, and
-        ``(x - hi) - lo`` is computed (``x - hi`` is exact when x is near the mean).
-        """
-        xp = self.xp
-        hi = mean.astype(x.dtype)
-        lo = (mean - hi).astype(x.dtype)
-        xp.subtract(x, hi, out=out)
-        xp.subtract(out, lo, out=out)
-        return out
+    def _split(self, mean: Array, dtype: Any) -> tuple[Array, Array]:
+        """float64 ``mean`` as ``hi + lo`` in ``dtype``: ``(x - hi) - lo`` centres x exactly
+        to its rounding even when |mean| >> std (``x - hi`` is exact for x near the mean)."""
+        hi = mean.astype(dtype)
+        return hi, (mean - hi).astype(dtype)
 
     def batchnorm_forward_train(
         self,
@@ -136,11 +174,12 @@ class Backend:
     ) -> tuple[Array, Array, Array]:
         """Training-mode batch norm over (n, C) ``x``; returns ``(y, mean, invstd)``.
 
-        ``mean`` and the biased ``var`` are column statistics of the batch, by two passes
-        (``var = mean((x - mean)^2)``, never ``E[x^2] - E[x]^2``) with float64 accumulation;
-        ``mean`` is returned as float64 so that backward can centre x exactly,
-        ``invstd = 1 / sqrt(var + eps)`` in x's dtype,
-        ``y = gamma * (x - mean) * invstd + beta`` (then ``max(y, 0)`` when ``relu``).
+        Two passes, never ``E[x^2] - E[x]^2``: ``mean = sum(x) / n`` accumulated in float64,
+        then over ``d = x - mean``: ``var = mean(d^2) - mean(d)^2`` (biased; the second term is
+        the rounding residue of the first pass, and ``mean += mean(d)``).
+        ``invstd = 1 / sqrt(var + eps)``; ``y = gamma * (x - mean) * invstd + beta``
+        (then ``max(y, 0)`` when ``relu``). ``mean`` is returned in float64 so that backward
+        centres x exactly; ``invstd`` in x's dtype.
         In place: ``running_mean = (1 - momentum) * running_mean + momentum * mean`` and
         ``running_var = (1 - momentum) * running_var + momentum * var * n / (n - 1)``
         (PyTorch's momentum; Keras' 0.99 is 0.01 here).
@@ -152,14 +191,32 @@ class Backend:
                 f"batch norm needs at least 2 samples per training batch, got {n}"
             )
         out = self._out(out, x.shape, x.dtype)
-        mean = x.mean(axis=0, dtype=np.float64)
-        d = self._centered(x, mean, out)  # out holds x - mean
-        var = xp.square(d).mean(axis=0, dtype=np.float64)
+        parts = self._parts(n)
+        mean = sum(self._parallel(lambda p: x[p].sum(axis=0, dtype=np.float64), parts)) / n
+        hi, lo = self._split(mean, x.dtype)
+
+        def centre(p: slice) -> tuple[Array, Array]:
+            d = out[p]
+            xp.subtract(x[p], hi, out=d)
+            xp.subtract(d, lo, out=d)
+            return self._colsum(d), self._colsum(d, d)
+
+        s1, s2 = zip(*self._parallel(centre, parts), strict=True)
+        resid = sum(s1) / n
+        var = xp.maximum(sum(s2) / n - resid * resid, 0.0)
+        mean = mean + resid
         invstd = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)
-        xp.multiply(d, (invstd * gamma).astype(x.dtype, copy=False), out=out)
-        xp.add(out, beta, out=out)
-        if relu:
-            xp.maximum(out, 0, out=out)
+        scale = (invstd * gamma).astype(x.dtype)
+        shift = (beta - resid * scale).astype(x.dtype)
+
+        def apply(p: slice) -> None:
+            y = out[p]
+            xp.multiply(y, scale, out=y)
+            xp.add(y, shift, out=y)
+            if relu:
+                xp.maximum(y, 0, out=y)
+
+        self._parallel(apply, parts)
         m = float(momentum)
         running_mean[...] = (1 - m) * running_mean + m * mean
         running_var[...] = (1 - m) * running_var + (m * n / (n - 1)) * var
@@ -180,12 +237,19 @@ class Backend:
         + beta``, each row independent of the others; nothing is updated."""
         xp = self.xp
         out = self._out(out, x.shape, x.dtype)
-        scale = gamma / xp.sqrt(running_var.astype(np.float64) + eps)
-        self._centered(x, running_mean.astype(np.float64), out)
-        xp.multiply(out, scale.astype(x.dtype), out=out)
-        xp.add(out, beta, out=out)
-        if relu:
-            xp.maximum(out, 0, out=out)
+        scale = (gamma / xp.sqrt(running_var.astype(np.float64) + eps)).astype(x.dtype)
+        hi, lo = self._split(running_mean.astype(np.float64), x.dtype)
+
+        def apply(p: slice) -> None:
+            y = out[p]
+            xp.subtract(x[p], hi, out=y)
+            xp.subtract(y, lo, out=y)
+            xp.multiply(y, scale, out=y)
+            xp.add(y, beta, out=y)
+            if relu:
+                xp.maximum(y, 0, out=y)
+
+        self._parallel(apply, self._parts(x.shape[0]))
         return out
 
     def batchnorm_backward(
@@ -202,24 +266,43 @@ class Backend:
     ) -> Array:
         """Backward of training-mode batch norm; returns ``dx``, fills ``dgamma``/``dbeta``.
 
-        ``mean`` and ``invstd`` are what the forward returned. With
-        ``x_hat = (x - mean) * invstd`` and ``g = dy`` (masked by ``y > 0`` when ``y``, the
-        fused-ReLU output, is given): ``dbeta = sum(g)``, ``dgamma = sum(g * x_hat)`` (float64
-        accumulation), ``dx = gamma * invstd / n * (n * g - dbeta - x_hat * dgamma)``.
+        ``mean`` and ``invstd`` are what the forward returned. With ``d = x - mean``,
+        ``x_hat = d * invstd`` and ``g = dy`` (masked by ``y > 0`` when ``y``, the fused-ReLU
+        output, is given): ``dbeta = sum(g)``, ``dgamma = sum(g * x_hat)`` (float64 merge),
+        ``dx = gamma * invstd * (g - dbeta / n - x_hat * dgamma / n)``.
         """
         xp = self.xp
         n = x.shape[0]
         out = self._out(out, x.shape, x.dtype)
-        g = dy * (y > 0) if y is not None else dy
-        xhat = self._centered(x, mean, out)  # reuse the output buffer for x_hat
-        xp.multiply(xhat, invstd, out=xhat)
-        dbeta[...] = g.sum(axis=0, dtype=np.float64)
-        dgamma[...] = (g * xhat).sum(axis=0, dtype=np.float64)
-        # dx = (gamma * invstd / n) * (n * g - dbeta - xhat * dgamma)
-        xp.multiply(xhat, dgamma, out=xhat)
-        xp.subtract(n * g, xhat, out=xhat)
-        xp.subtract(xhat, dbeta, out=xhat)
-        xp.multiply(xhat, (gamma * invstd / np.float32(n)).astype(x.dtype, copy=False), out=xhat)
+        g = self._workspace("bn_g", x.shape, x.dtype) if y is not None else dy
+        hi, lo = self._split(mean, x.dtype)
+        parts = self._parts(n)
+
+        def sums(p: slice) -> tuple[Array, Array]:
+            if y is not None:
+                xp.multiply(dy[p], y[p] > 0, out=g[p])
+            d = out[p]
+            xp.subtract(x[p], hi, out=d)
+            xp.subtract(d, lo, out=d)
+            return self._colsum(g[p]), self._colsum(g[p], d)
+
+        s1, s2 = zip(*self._parallel(sums, parts), strict=True)
+        db = sum(s1)
+        dg = sum(s2) * invstd
+        dbeta[...] = db
+        dgamma[...] = dg
+        k_d = (-invstd * dg / n).astype(x.dtype)  # coefficient of d
+        k_0 = (-db / n).astype(x.dtype)
+        k_1 = (gamma * invstd).astype(x.dtype)
+
+        def apply(p: slice) -> None:
+            dx = out[p]
+            xp.multiply(dx, k_d, out=dx)
+            xp.add(dx, k_0, out=dx)
+            xp.add(dx, g[p], out=dx)
+            xp.multiply(dx, k_1, out=dx)
+
+        self._parallel(apply, parts)
         return out
 
     # ------------------------------------------------------------------ softmax
@@ -280,22 +363,57 @@ class Backend:
         return self.asarray(mask)
 
     # ------------------------------------------------------------------ optimizers
-    # All take flat float32 arrays updated in place. ``decay`` is the L2 weight-decay
-    # coefficient; ``decay_mask`` (1 for Dense weights, 0 elsewhere, or None) selects where it
-    # applies: the gradient used is ``g + decay * decay_mask * w``.
-    def _decayed(self, w: Array, g: Array, decay: float, decay_mask: Array | None) -> Array:
-        if not decay:
-            return g
-        if decay_mask is None:
-            return g + np.float32(decay) * w
-        return g + (np.float32(decay) * decay_mask) * w
+    # All take flat arrays updated in place. ``decay`` is the L2 weight-decay coefficient;
+    # ``decay_mask`` (1 for Dense weights, 0 elsewhere, or None for everywhere) selects where
+    # it applies: the gradient used is ``g + decay * decay_mask * w``. The work runs over
+    # chunks of ``CHUNK`` elements with two scratch buffers, so every pass stays in cache and
+    # nothing is allocated per step.
+    CHUNK = 1 << 15
+
+    def _for_chunks(
+        self,
+        w: Array,
+        g: Array,
+        decay: float,
+        decay_mask: Array | None,
+        body: Callable[[slice, Array, Array], None],
+    ) -> None:
+        """Call ``body(sl, gd, t)`` per chunk ``sl`` of the flat arrays: ``gd`` holds the
+        (decayed) gradient, ``t`` is scratch; the chunks are shared among ``threads``."""
+        xp = self.xp
+        n = w.shape[0]
+        dec = w.dtype.type(decay)
+        parts = self._parts(n, min_size=self.CHUNK)
+
+        def run(i: int) -> None:
+            a = self._workspace(f"opt_g{i}", (self.CHUNK,), w.dtype)
+            b = self._workspace(f"opt_t{i}", (self.CHUNK,), w.dtype)
+            part = parts[i]
+            for start in range(part.start, part.stop, self.CHUNK):
+                sl = slice(start, min(start + self.CHUNK, part.stop))
+                gd, t = a[: sl.stop - start], b[: sl.stop - start]
+                if decay:
+                    xp.multiply(w[sl], dec, out=gd)
+                    if decay_mask is not None:
+                        xp.multiply(gd, decay_mask[sl], out=gd)
+                    xp.add(gd, g[sl], out=gd)
+                else:
+                    gd[...] = g[sl]
+                body(sl, gd, t)
+
+        self._parallel(run, list(range(len(parts))))
 
     def sgd_update(
         self, w: Array, g: Array, lr: float, decay: float = 0.0, decay_mask: Array | None = None
     ) -> None:
         """``w -= lr * g``."""
-        g = self._decayed(w, g, decay, decay_mask)
-        w -= np.float32(lr) * g
+        xp, f = self.xp, w.dtype.type
+
+        def body(sl: slice, gd: Array, t: Array) -> None:
+            xp.multiply(gd, f(lr), out=gd)
+            xp.subtract(w[sl], gd, out=w[sl])
+
+        self._for_chunks(w, g, decay, decay_mask, body)
 
     def momentum_update(
         self,
@@ -308,10 +426,17 @@ class Backend:
         decay_mask: Array | None = None,
     ) -> None:
         """``v = beta * v + (1 - beta) * g``; ``w -= lr * v`` (the course's form)."""
-        g = self._decayed(w, g, decay, decay_mask)
-        v *= np.float32(beta)
-        v += np.float32(1.0 - beta) * g
-        w -= np.float32(lr) * v
+        xp, f = self.xp, w.dtype.type
+
+        def body(sl: slice, gd: Array, t: Array) -> None:
+            vs = v[sl]
+            xp.multiply(vs, f(beta), out=vs)
+            xp.multiply(gd, f(1.0 - beta), out=gd)
+            xp.add(vs, gd, out=vs)
+            xp.multiply(vs, f(lr), out=t)
+            xp.subtract(w[sl], t, out=w[sl])
+
+        self._for_chunks(w, g, decay, decay_mask, body)
 
     def rmsprop_update(
         self,
@@ -325,11 +450,21 @@ class Backend:
         decay_mask: Array | None = None,
     ) -> None:
         """``s = beta2 * s + (1 - beta2) * g^2``; ``w -= lr * g / (sqrt(s) + eps)``."""
-        xp = self.xp
-        g = self._decayed(w, g, decay, decay_mask)
-        s *= np.float32(beta2)
-        s += np.float32(1.0 - beta2) * (g * g)
-        w -= np.float32(lr) * g / (xp.sqrt(s) + np.float32(eps))
+        xp, f = self.xp, w.dtype.type
+
+        def body(sl: slice, gd: Array, t: Array) -> None:
+            ss = s[sl]
+            xp.multiply(gd, gd, out=t)
+            xp.multiply(t, f(1.0 - beta2), out=t)
+            xp.multiply(ss, f(beta2), out=ss)
+            xp.add(ss, t, out=ss)
+            xp.sqrt(ss, out=t)
+            xp.add(t, f(eps), out=t)
+            xp.divide(gd, t, out=t)
+            xp.multiply(t, f(lr), out=t)
+            xp.subtract(w[sl], t, out=w[sl])
+
+        self._for_chunks(w, g, decay, decay_mask, body)
 
     def adam_update(
         self,
@@ -350,17 +485,27 @@ class Backend:
         ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``,
         ``w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)``.
         """
-        xp = self.xp
-        g = self._decayed(w, g, decay, decay_mask)
-        m *= np.float32(beta1)
-        m += np.float32(1.0 - beta1) * g
-        v *= np.float32(beta2)
-        v += np.float32(1.0 - beta2) * (g * g)
+        xp, f = self.xp, w.dtype.type
         c1 = 1.0 - float(beta1) ** step
         c2 = 1.0 - float(beta2) ** step
-        denom = xp.sqrt(v / np.float32(c2))
-        denom += np.float32(eps)
-        w -= np.float32(lr / c1) * m / denom
+
+        def body(sl: slice, gd: Array, t: Array) -> None:
+            ms, vs = m[sl], v[sl]
+            xp.multiply(ms, f(beta1), out=ms)
+            xp.multiply(gd, f(1.0 - beta1), out=t)
+            xp.add(ms, t, out=ms)
+            xp.multiply(gd, gd, out=t)
+            xp.multiply(t, f(1.0 - beta2), out=t)
+            xp.multiply(vs, f(beta2), out=vs)
+            xp.add(vs, t, out=vs)
+            xp.multiply(vs, f(1.0 / c2), out=t)  # v_hat
+            xp.sqrt(t, out=t)
+            xp.add(t, f(eps), out=t)
+            xp.divide(ms, t, out=t)  # m / (sqrt(v_hat) + eps)
+            xp.multiply(t, f(lr / c1), out=t)
+            xp.subtract(w[sl], t, out=w[sl])
+
+        self._for_chunks(w, g, decay, decay_mask, body)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

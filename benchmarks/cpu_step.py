@@ -1,0 +1,191 @@
+"""Training-step throughput on the CPU: gpunet (NumPy backend) beside a baseline in the same run.
+
+Model: MLP 784-1024-1024-10, BatchNorm + ReLU, Adam, batch 512, float32 (DESIGN section 9).
+Baseline: PyTorch CPU on the same model when torch is importable, else a plain NumPy loop
+written the obvious way. Both get the same number of threads. Prints samples/s for each and
+the ratio gpunet / baseline; ``--json PATH`` writes the numbers.
+
+    python benchmarks/cpu_step.py [--steps 30] [--repeats 5] [--threads N] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+SIZES = (784, 1024, 1024, 10)
+
+
+def gpunet_step_fn(batch: int, seed: int = 0):
+    import gpunet as gn
+
+    model = gn.MLP(SIZES[0], hidden=list(SIZES[1:-1]), classes=SIZES[-1], batchnorm=True,
+                   backend="cpu", seed=seed)
+    opt = gn.optim.Adam(model, lr=1e-3)
+    be = model.backend
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, SIZES[0])).astype(np.float32)
+    y = rng.integers(0, SIZES[-1], batch)
+
+    def step() -> float:
+        logits = model.forward(x, training=True)
+        loss, dlogits = be.softmax_cross_entropy(logits, y)
+        model.backward(dlogits)
+        opt.step()
+        return float(loss)
+
+    return step
+
+
+def torch_step_fn(batch: int, seed: int = 0):
+    import torch
+
+    torch.manual_seed(seed)
+    layers: list = []
+    for a, b in zip(SIZES[:-2], SIZES[1:-1], strict=True):
+        layers += [torch.nn.Linear(a, b, bias=False), torch.nn.BatchNorm1d(b), torch.nn.ReLU()]
+    layers.append(torch.nn.Linear(SIZES[-2], SIZES[-1]))
+    model = torch.nn.Sequential(*layers)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(rng.standard_normal((batch, SIZES[0])).astype(np.float32))
+    y = torch.from_numpy(rng.integers(0, SIZES[-1], batch))
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return float(loss)
+
+    return step
+
+
+def naive_numpy_step_fn(batch: int, seed: int = 0):
+    """The obvious NumPy loop: fresh arrays everywhere, a Python loop over parameters."""
+    rng = np.random.default_rng(seed)
+    Ws = [rng.standard_normal((a, b)).astype(np.float32) * np.sqrt(2 / a)
+          for a, b in zip(SIZES[:-1], SIZES[1:], strict=True)]
+    gammas = [np.ones(b, np.float32) for b in SIZES[1:-1]]
+    betas = [np.zeros(b, np.float32) for b in SIZES[1:-1]]
+    bias = np.zeros(SIZES[-1], np.float32)
+    params = Ws + gammas + betas + [bias]
+    ms = [np.zeros_like(p) for p in params]
+    vs = [np.zeros_like(p) for p in params]
+    x = rng.standard_normal((batch, SIZES[0])).astype(np.float32)
+    y = rng.integers(0, SIZES[-1], batch)
+    t = [0]
+
+    def step() -> float:
+        cache = []
+        h = x
+        for i in range(len(Ws) - 1):
+            z = h @ Ws[i]
+            mu = z.mean(0)
+            var = z.var(0)
+            xhat = (z - mu) / np.sqrt(var + 1e-5)
+            a = np.maximum(gammas[i] * xhat + betas[i], 0)
+            cache.append((h, xhat, var, a))
+            h = a
+        logits = h @ Ws[-1] + bias
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        loss = -np.log(p[np.arange(batch), y]).mean()
+        d = p
+        d[np.arange(batch), y] -= 1
+        d /= batch
+        grads_W = [None] * len(Ws)
+        grads_W[-1] = h.T @ d
+        g_bias = d.sum(0)
+        dh = d @ Ws[-1].T
+        g_gam, g_bet = [None] * len(gammas), [None] * len(betas)
+        for i in range(len(Ws) - 2, -1, -1):
+            hin, xhat, var, a = cache[i]
+            da = dh * (a > 0)
+            g_bet[i] = da.sum(0)
+            g_gam[i] = (da * xhat).sum(0)
+            dxhat = da * gammas[i]
+            dz = (dxhat - dxhat.mean(0) - xhat * (dxhat * xhat).mean(0)) / np.sqrt(var + 1e-5)
+            grads_W[i] = hin.T @ dz
+            dh = dz @ Ws[i].T
+        grads = grads_W + g_gam + g_bet + [g_bias]
+        t[0] += 1
+        for p_, g, m, v in zip(params, grads, ms, vs, strict=True):
+            m[...] = 0.9 * m + 0.1 * g
+            v[...] = 0.999 * v + 0.001 * g * g
+            mhat = m / (1 - 0.9 ** t[0])
+            vhat = v / (1 - 0.999 ** t[0])
+            p_ -= 1e-3 * mhat / (np.sqrt(vhat) + 1e-8)
+        return float(loss)
+
+    return step
+
+
+def measure(step, steps: int) -> float:
+    """Seconds per step over ``steps`` steps (after two warm-up steps)."""
+    step()
+    step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t0) / steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--baseline", choices=["auto", "torch", "numpy"], default="auto")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    baseline = args.baseline
+    if baseline in ("auto", "torch"):
+        try:
+            import torch
+
+            torch.set_num_threads(args.threads)
+            baseline = "torch"
+        except ImportError:
+            if args.baseline == "torch":
+                raise
+            baseline = "numpy"
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads)
+    except ImportError:
+        pass
+
+    fns = {"gpunet": gpunet_step_fn(args.batch),
+           baseline: torch_step_fn(args.batch) if baseline == "torch"
+           else naive_numpy_step_fn(args.batch)}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(args.repeats):  # interleaved, so drift and noise hit both alike
+        for name, fn in fns.items():
+            times[name].append(measure(fn, args.steps))
+    best = {k: min(v) for k, v in times.items()}
+    sps = {k: args.batch / t for k, t in best.items()}
+    ratio = sps["gpunet"] / sps[baseline]
+    print(f"MLP {'-'.join(map(str, SIZES))}, BN+ReLU, Adam, batch {args.batch}, float32, "
+          f"{args.threads} threads, {platform.processor() or platform.machine()}")
+    for name in fns:
+        print(f"  {name:8s} {best[name] * 1e3:8.2f} ms/step  {sps[name]:10,.0f} samples/s  "
+              f"(median {np.median(times[name]) * 1e3:.2f} ms)")
+    print(f"  ratio gpunet / {baseline}: {ratio:.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"batch": args.batch, "threads": args.threads, "baseline": baseline,
+                       "seconds_per_step": times, "samples_per_s": sps, "ratio": ratio}, f,
+                      indent=2)
+
+
+if __name__ == "__main__":
+    main()
