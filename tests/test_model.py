@@ -178,3 +178,19 @@ def test_model_on_each_backend_matches_cpu(be, rng):
             opt.step()
         results.append(host(b, m.params))
     np.testing.assert_allclose(results[0], results[1], rtol=1e-4, atol=1e-5)
+
+
+def test_fused_bn_relu_equals_separate_layers(be, rng):
+    x = rng.standard_normal((24, 7)).astype(np.float32)
+    y = rng.integers(0, 3, 24)
+    grads, logits = [], []
+    for fuse in (False, True):
+        m = gn.MLP(7, hidden=[16, 8], classes=3, backend=be, seed=5)
+        m.fuse_bn_relu = fuse
+        out = m.forward(be.asarray(x), training=True)
+        logits.append(host(be, out).copy())
+        m.backward(gn.losses.softmax_cross_entropy(out, be.asarray(y))[1])
+        grads.append(host(be, m.grads).copy())
+        assert (m._fused != set()) == fuse
+    np.testing.assert_allclose(logits[0], logits[1], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-7)

@@ -32,6 +32,8 @@ class Backend:
     name = "cpu"
     xp: Any = np
     dtype = np.float32
+    #: the MLP runs BatchNorm + ReLU as one op (``relu=True``) when this is set
+    fuses_bn_relu = True
 
     # ------------------------------------------------------------------ arrays
     def asarray(self, x: Any, dtype: Any = None) -> Array:
