@@ -121,9 +121,11 @@ def bn_forward_train(xp: Any, launch: Launcher, cfg: LaunchConfig, x: Array, gam
     invstd = xp.empty((c,), dtype=f32)
     dmean = xp.empty((c,), dtype=f32)
     scale = xp.empty((c,), dtype=f32)
+    # constants rounded to float32 from double (f32(1 - 0.999) is closer to 0.001 than
+    # 1 - f32(0.999) is: 1e-8 instead of 1.3e-5 relative)
     m = f32(momentum)
-    one_minus_m = f32(1 - m)
-    unbias_m = f32(m * n / (n - 1))
+    one_minus_m = f32(1.0 - float(momentum))
+    unbias_m = f32(float(momentum) * n / (n - 1))
     g2, b2 = _col_grid(c, cfg)
     launch("batchnorm.cu", "bn_stats_finish", g2, b2,
            (x, pmean, pm2, i32(nch), i32(rpc), i32(n), i32(c), gamma, f32(eps), m,
@@ -253,10 +255,9 @@ def opt_momentum(launch: Launcher, cfg: LaunchConfig, w: Array, g: Array, v: Arr
     if n == 0:
         return
     mask, d, mode = _decay_args(g, decay, decay_mask)
-    b = f32(beta)
     grid, block = _ew_grid(n, cfg)
     launch("optim.cu", "momentum_update", grid, block,
-           (w, g, v, mask, i64(n), f32(lr), b, f32(1 - b), d, mode))
+           (w, g, v, mask, i64(n), f32(lr), f32(beta), f32(1.0 - float(beta)), d, mode))
 
 
 def opt_rmsprop(launch: Launcher, cfg: LaunchConfig, w: Array, g: Array, s: Array, lr: float,
@@ -265,10 +266,10 @@ def opt_rmsprop(launch: Launcher, cfg: LaunchConfig, w: Array, g: Array, s: Arra
     if n == 0:
         return
     mask, d, mode = _decay_args(g, decay, decay_mask)
-    b = f32(beta2)
     grid, block = _ew_grid(n, cfg)
     launch("optim.cu", "rmsprop_update", grid, block,
-           (w, g, s, mask, i64(n), f32(lr), b, f32(1 - b), f32(eps), d, mode))
+           (w, g, s, mask, i64(n), f32(lr), f32(beta2), f32(1.0 - float(beta2)), f32(eps), d,
+            mode))
 
 
 def opt_adam(launch: Launcher, cfg: LaunchConfig, w: Array, g: Array, m: Array, v: Array,
@@ -278,13 +279,13 @@ def opt_adam(launch: Launcher, cfg: LaunchConfig, w: Array, g: Array, m: Array, 
     if n == 0:
         return
     mask, d, mode = _decay_args(g, decay, decay_mask)
-    b1, b2 = f32(beta1), f32(beta2)
-    c1 = 1.0 - float(beta1) ** step
-    c2 = 1.0 - float(beta2) ** step
+    b1, b2 = float(beta1), float(beta2)
+    c1 = 1.0 - b1**step
+    c2 = 1.0 - b2**step
     grid, block = _ew_grid(n, cfg)
     launch("optim.cu", "adam_update", grid, block,
-           (w, g, m, v, mask, i64(n), f32(lr / c1), b1, f32(1 - b1), b2, f32(1 - b2), f32(c2),
-            f32(eps), d, mode))
+           (w, g, m, v, mask, i64(n), f32(lr / c1), f32(b1), f32(1.0 - b1), f32(b2),
+            f32(1.0 - b2), f32(c2), f32(eps), d, mode))
 
 
 # ------------------------------------------------------------------ backend
@@ -327,14 +328,17 @@ class CupyBackend(Backend):
 
         kernels.get_function(file, kernel, self.device_id)(grid, block, args)
 
+    def _on_device(self, a: Any) -> bool:
+        """``a`` is an array of this backend's device."""
+        return isinstance(a, self.xp.ndarray) and a.device.id == self.device_id
+
     def _ok(self, a: Any, ndim: int, shape: tuple | None = None) -> bool:
         """float32, C-contiguous, this device, ``ndim`` dims (and ``shape`` when given)."""
         return (
-            isinstance(a, self.xp.ndarray)
+            self._on_device(a)
             and a.dtype == np.float32
             and a.ndim == ndim
             and a.flags.c_contiguous
-            and a.device.id == self.device_id
             and (shape is None or tuple(a.shape) == tuple(shape))
         )
 
@@ -410,8 +414,8 @@ class CupyBackend(Backend):
                               dlogits: Array | None = None) -> tuple[Array, Array]:
         xp = self.xp
         ok = (self._ok_2d(logits) and self._ok_out(dlogits, logits)
-              and isinstance(labels, xp.ndarray) and labels.shape == (logits.shape[0],)
-              and labels.dtype.kind in "iu" and labels.device.id == self.device_id
+              and self._on_device(labels) and labels.shape == (logits.shape[0],)
+              and labels.dtype.kind in "iu"
               and (class_weights is None or self._ok(class_weights, 1, (logits.shape[1],))))
         if not ok:
             return super().softmax_cross_entropy(logits, labels, class_weights, dlogits)
@@ -422,7 +426,7 @@ class CupyBackend(Backend):
 
     # ------------------------------------------------------------------ optimizers
     def _ok_flat(self, w: Array, *others: Array | None) -> bool:
-        if not (self._ok(w, w.ndim) if isinstance(w, self.xp.ndarray) else False):
+        if not (self._on_device(w) and self._ok(w, w.ndim)):
             return False
         return all(a is None or self._ok(a, w.ndim, w.shape) for a in others)
 

@@ -1,0 +1,85 @@
+// Optimizer updates over the flat float32 parameter buffer: one elementwise launch per step.
+//
+// Plain CUDA C++ with no toolkit headers (NVRTC via CuPy, nvcc in the tests, the host C++
+// compiler under tests/cuda_emu).  Formulas exactly those of gpunet/backend/base.py:
+//
+//   decay_mode 0: g' = g;  1: g' = g + decay * w;  2: g' = g + (decay * mask[i]) * w
+//   (mask points at a valid buffer in every mode; it is read only in mode 2)
+//   SGD:      w -= lr * g'
+//   Momentum: v = v * beta + (1 - beta) * g';  w -= lr * v
+//   RMSprop:  s = s * beta2 + (1 - beta2) * g'^2;  w -= lr * g' / (sqrt(s) + eps)
+//   Adam:     m = m * beta1 + (1 - beta1) * g';  v = v * beta2 + (1 - beta2) * g'^2;
+//             w -= lr_c1 * m / (sqrt(v / c2) + eps),  lr_c1 = lr / (1 - beta1^t),
+//             c2 = 1 - beta2^t  (both computed on the host in double, passed as float32)
+//
+// Each thread walks the buffer with a grid stride; n is a 64-bit count.
+
+__device__ __forceinline__ float opt_grad(const float* __restrict__ g,
+                                          const float* __restrict__ w,
+                                          const float* __restrict__ mask, long long i,
+                                          float decay, int decay_mode)
+{
+    const float gi = g[i];
+    if (decay_mode == 1) return gi + decay * w[i];
+    if (decay_mode == 2) return gi + (decay * mask[i]) * w[i];
+    return gi;
+}
+
+extern "C" __global__ void sgd_update(float* __restrict__ w, const float* __restrict__ g,
+                                      const float* __restrict__ mask, long long n, float lr,
+                                      float decay, int decay_mode)
+{
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const float gi = opt_grad(g, w, mask, i, decay, decay_mode);
+        w[i] = w[i] - lr * gi;
+    }
+}
+
+extern "C" __global__ void momentum_update(float* __restrict__ w, const float* __restrict__ g,
+                                           float* __restrict__ v,
+                                           const float* __restrict__ mask, long long n,
+                                           float lr, float beta, float one_minus_beta,
+                                           float decay, int decay_mode)
+{
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const float gi = opt_grad(g, w, mask, i, decay, decay_mode);
+        const float vi = v[i] * beta + one_minus_beta * gi;
+        v[i] = vi;
+        w[i] = w[i] - lr * vi;
+    }
+}
+
+extern "C" __global__ void rmsprop_update(float* __restrict__ w, const float* __restrict__ g,
+                                          float* __restrict__ s,
+                                          const float* __restrict__ mask, long long n,
+                                          float lr, float beta2, float one_minus_beta2,
+                                          float eps, float decay, int decay_mode)
+{
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const float gi = opt_grad(g, w, mask, i, decay, decay_mode);
+        const float si = s[i] * beta2 + one_minus_beta2 * (gi * gi);
+        s[i] = si;
+        w[i] = w[i] - (lr * gi) / (sqrtf(si) + eps);
+    }
+}
+
+extern "C" __global__ void adam_update(float* __restrict__ w, const float* __restrict__ g,
+                                       float* __restrict__ m, float* __restrict__ v,
+                                       const float* __restrict__ mask, long long n, float lr_c1,
+                                       float beta1, float one_minus_beta1, float beta2,
+                                       float one_minus_beta2, float c2, float eps, float decay,
+                                       int decay_mode)
+{
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const float gi = opt_grad(g, w, mask, i, decay, decay_mode);
+        const float mi = m[i] * beta1 + one_minus_beta1 * gi;
+        const float vi = v[i] * beta2 + one_minus_beta2 * (gi * gi);
+        m[i] = mi;
+        v[i] = vi;
+        w[i] = w[i] - (lr_c1 * mi) / (sqrtf(vi / c2) + eps);
+    }
+}
