@@ -18,7 +18,9 @@ Conventions (DESIGN sections 3 and 5):
 - Memory: a split whose float32 X (``n * d * 4`` bytes) fits ``memory_budget`` is read once into
   memory; a larger one is streamed from the file in contiguous slabs (``ds[a:b]``-style reads
   only, never fancy-index lists), and everything the streaming reader holds (its labels, its
-  shuffle buffer, one slab, the batch it yields) stays within the budget.
+  shuffle buffer, one slab, the batch it yields) stays within the budget; only fixed scratch
+  outside it remains (NumPy's per-operation ufunc buffers of at most 64 KiB, h5py's small objects).
+  The budget applies to each split on its own.
 - Held-out validation (``val_split``): the rows of the training part are cut into
   ``min(n, 1024)`` contiguous blocks of equal size (+-1 row); blocks are drawn in a random order
   from ``numpy.random.default_rng([seed, 0x76616C])`` and taken until ``round(n * val_split)``
@@ -34,6 +36,7 @@ Conventions (DESIGN sections 3 and 5):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.resources
 import json
@@ -146,10 +149,11 @@ def normalize_labels(y: np.ndarray, n: int, where: str) -> tuple[np.ndarray, int
         bad = ~np.isfinite(flat) | (flat != np.round(flat))
         if bad.any():
             i = int(np.argmax(bad))
-            raise DataError(f"labels {where} must be integers: found {flat[i]!r} at row {i}")
+            raise DataError(f"labels {where} must be integers: found {flat[i].item()!r} at "
+                            f"row {i}")
     if n and flat.min() < 0:
         i = int(np.argmin(flat))
-        raise DataError(f"labels {where} must be >= 0: found {flat[i]!r} at row {i}")
+        raise DataError(f"labels {where} must be >= 0: found {flat[i].item()!r} at row {i}")
     return flat.astype(np.int64), width
 
 
@@ -211,7 +215,8 @@ class ArraySource:
                 m = c.shape[0]
                 cmean = c.mean(axis=0)
                 c -= cmean
-                cm2 = np.einsum("ij,ij->j", c, c)
+                np.square(c, out=c)
+                cm2 = c.sum(axis=0)
                 del c
                 total = count + m
                 delta = cmean - mean
@@ -252,7 +257,7 @@ class InMemorySource(ArraySource):
             raise DataError(f"X has {X.shape[0]} samples but y has {len(labels)} ({name})")
         self.X, self.labels = X, np.ascontiguousarray(labels, dtype=np.int64)
         self.n, self.n_features = int(X.shape[0]), int(X.shape[1])
-        self.feature_shape = feature_shape or (self.n_features,)
+        self.feature_shape = feature_shape if feature_shape is not None else (self.n_features,)
         self.name, self.classes, self.has_labels = name, classes, has_labels
 
     def batches(self, batch_size: int, shuffle: bool = False,
@@ -310,6 +315,7 @@ class StreamedSource(ArraySource):
         self.name, self.classes, self.has_labels = name, classes, has_labels
         self.read_hook: Callable[[str, int, int], None] | None = None
         self.peak_bytes = 0
+        self._dsets: dict[int, tuple[h5py.File, dict[str, h5py.Dataset]]] = {}
         # HDF5 converts integer and float types straight into the float32 buffer; anything else
         # (bool enums) is read raw and then cast, which needs a temporary.
         self._direct = self.x_dtype.kind in "iuf"
@@ -353,18 +359,29 @@ class StreamedSource(ArraySource):
         return out
 
     # -- reading
-    def _open(self) -> h5py.File:
-        return _open_h5(self.path)
+    @contextlib.contextmanager
+    def _open(self) -> Iterator[h5py.File]:
+        f = _open_h5(self.path)
+        try:
+            yield f
+        finally:
+            self._dsets.pop(id(f), None)
+            f.close()
 
     def _read(self, f: h5py.File, key: str, a: int, z: int, dest: np.ndarray) -> None:
         """Rows ``a:z`` of ``key`` into float32 ``dest`` ``(z - a, d)``; NaN/inf is a DataError."""
         if self.read_hook is not None:
             self.read_hook(key, a, z)
-        ds = f[key]
+        cache = self._dsets.get(id(f))
+        if cache is None or cache[0] is not f:
+            cache = self._dsets[id(f)] = (f, {})
+        ds = cache[1].get(key)
+        if ds is None:
+            ds = cache[1][key] = f[key]
         m = z - a
         try:
             if self._direct:
-                ds.read_direct(dest.reshape((m,) + self.feature_shape), np.s_[a:z])
+                ds.read_direct(dest.reshape((m,) + ds.shape[1:]), np.s_[a:z])
             else:
                 np.copyto(dest, ds[a:z].reshape(m, -1), casting="unsafe")
         except (OSError, ValueError, TypeError) as e:
@@ -690,7 +707,7 @@ def _check_part(f: h5py.File, part: _Part) -> _PartData:
     if ds.ndim == 0:
         raise DataError(f"X {fname}:{part.x} is a scalar; expected shape (n, ...)")
     n = int(ds.shape[0])
-    fshape = tuple(int(s) for s in ds.shape[1:]) or (1,)
+    fshape = tuple(int(s) for s in ds.shape[1:])
     if n == 0:
         raise DataError(f"empty dataset: {fname}:{part.x} has 0 samples")
     if int(np.prod(fshape)) == 0:
