@@ -67,7 +67,7 @@ class TrainConfig:
     beta2: float | None = None
     eps: float | None = None
     weight_decay: float = 0.0
-    lr_schedule: str = "none"
+    lr_schedule: str = "cosine"
     lr_step_size: int = 10
     lr_gamma: float | None = None
     lr_decay_rate: float = 1.0

@@ -639,7 +639,7 @@ def fit(
     # ---------------------------------------------------------------- progress state
     monitor = "val_acc" if ds.val is not None else "train_acc"
     epoch, batch_done, step = 0, 0, 0
-    best_value, best_epoch = -math.inf, 0
+    best_value, best_epoch, improved_epoch = -math.inf, 0, 0
     status = "running"
     epoch_start_state: dict[str, Any] = shuffle_rng.bit_generator.state
     acc_loss0, acc_correct0, acc_count0, acc_seconds0 = 0.0, 0, 0, 0.0
@@ -651,6 +651,7 @@ def fit(
         bv = pr.get("best_value")
         best_value = -math.inf if bv is None else float(bv)
         best_epoch = int(pr.get("best_epoch", 0))
+        improved_epoch = int(pr.get("improved_epoch", best_epoch))
         monitor = str(pr.get("best_metric", monitor))
         if batch_done and int(pr.get("batch_size", cfg.batch_size)) != cfg.batch_size:
             raise ConfigError("the checkpoint was saved in the middle of an epoch; the batch "
@@ -681,7 +682,8 @@ def fit(
             progress={"epoch": epoch, "batch": batch_done, "step": step, "status": state,
                       "batch_size": cfg.batch_size, "best_metric": monitor,
                       "best_value": None if best_value == -math.inf else best_value,
-                      "best_epoch": best_epoch, "epoch_loss_sum": acc_loss,
+                      "best_epoch": best_epoch, "improved_epoch": improved_epoch,
+                      "epoch_loss_sum": acc_loss,
                       "epoch_correct": acc_correct, "epoch_count": acc_count,
                       "epoch_seconds": acc_seconds, "n_batches": n_batches},
             rng={"shuffle_epoch_start": epoch_start_state,
@@ -700,7 +702,7 @@ def fit(
         if epoch >= cfg.epochs:
             finished = True
             status = status if status == "early_stopped" else "finished"
-        elif status == "early_stopped" and _should_stop(cfg, epoch, best_epoch):
+        elif status == "early_stopped" and _should_stop(cfg, epoch, improved_epoch):
             finished = True
     say("start", {"epochs": cfg.epochs, "start_epoch": epoch, "batches": n_batches,
                   "n_train": n_train, "resumed": ck is not None, "out": str(out),
@@ -711,80 +713,86 @@ def fit(
     check_each_step = be.name == "cpu"
     x_buf: dict[tuple[int, ...], np.ndarray] = {}
 
-    while not finished and epoch < cfg.epochs:
-        lr = opt.set_epoch(epoch)
-        t0 = time.perf_counter()
-        skip = batch_done
-        loss_sum = xp.zeros((), dtype=xp.float64) + acc_loss
-        correct = xp.zeros((), dtype=xp.int64) + acc_correct
-        count = acc_count
-        train_time = 0.0
-        say("epoch_start", {"epoch": epoch + 1, "lr": lr, "skip": skip})
-        for bi, (X, y) in enumerate(ds.train.batches(cfg.batch_size, shuffle=True,
-                                                    rng=shuffle_rng, drop_last=drop_last)):
-            if bi < skip:
-                continue
-            tb = time.perf_counter()
-            buf = x_buf.get(X.shape)
-            if buf is None:
-                buf = x_buf[X.shape] = np.empty(X.shape, dtype=np.float32)
-            xb = be.asarray(standardizer.apply(X, out=buf))
-            yb = be.asarray(y)
-            logits = model.forward(xb, training=True)
-            correct += (logits.argmax(axis=1) == yb).sum()
-            loss, dlogits = be.softmax_cross_entropy(logits, yb, cw)
-            if check_each_step and not math.isfinite(float(loss)):
-                raise diverged(f"at epoch {epoch + 1}, step {step + 1}", float(loss))
-            loss_sum += loss.astype(xp.float64) * X.shape[0]
-            model.backward(dlogits)
-            opt.step()
-            step += 1
-            count += X.shape[0]
-            batch_done = bi + 1
-            train_time += time.perf_counter() - tb
-            say("batch", {"epoch": epoch + 1, "batch": batch_done, "batches": n_batches})
-            if cfg.save_every and step % cfg.save_every == 0 and batch_done < n_batches:
-                acc_loss, acc_correct, acc_count = float(loss_sum), int(correct), count
-                if not math.isfinite(acc_loss):
-                    raise diverged(f"in epoch {epoch + 1}", acc_loss)
-                acc_seconds = acc_seconds0 + (time.perf_counter() - t0)
-                ckpt_mod.save(last_path, snapshot("running"))
-        # ------------------------------------------------------------ epoch end
-        acc_loss, acc_correct, acc_count = float(loss_sum), int(correct), count
-        if not math.isfinite(acc_loss):
-            raise diverged(f"in epoch {epoch + 1}", acc_loss)
-        train_loss = acc_loss / max(count, 1)
-        train_acc = acc_correct / max(count, 1)
-        val_loss = val_acc = None
-        if ds.val is not None:
-            v = evaluate(model, ds.val, standardizer, classes=classes)
-            val_loss, val_acc = v["loss"], v["accuracy"]
-        seconds = acc_seconds0 + (time.perf_counter() - t0)
-        epoch += 1
-        batch_done = 0
-        epoch_start_state = shuffle_rng.bit_generator.state
-        current = val_acc if monitor == "val_acc" else train_acc
-        improved = current is not None and current > best_value
-        if improved:
-            best_value, best_epoch = float(current), epoch
-        stop = _should_stop(cfg, epoch, best_epoch)
-        status = "early_stopped" if stop else ("finished" if epoch >= cfg.epochs else "running")
-        rec = {"epoch": epoch, "step": step, "train_loss": train_loss, "train_acc": train_acc,
-               "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
-               "seconds": round(seconds, 4),
-               "samples_per_s": round((count - acc_count0) / train_time, 1)
-               if train_time > 0 else None}
-        acc_loss, acc_correct, acc_count, acc_seconds = 0.0, 0, 0, 0.0
-        acc_loss0, acc_correct0, acc_count0, acc_seconds0 = 0.0, 0, 0, 0.0
-        metrics.append(rec)
-        history.append(rec)
-        if improved:
-            ckpt_mod.save(best_path, snapshot(status))
-            best_arrays = model.state_arrays()
-        ckpt_mod.save(last_path, snapshot(status))
-        say("epoch", {**rec, "best": improved, "epochs": cfg.epochs})
-        if stop:
-            break
+    # overflow to inf / NaN is detected and reported as TrainingDiverged, not warned about
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        while not finished and epoch < cfg.epochs:
+            lr = opt.set_epoch(epoch)
+            t0 = time.perf_counter()
+            skip = batch_done
+            loss_sum = xp.zeros((), dtype=xp.float64) + acc_loss
+            correct = xp.zeros((), dtype=xp.int64) + acc_correct
+            count = acc_count
+            train_time = 0.0
+            say("epoch_start", {"epoch": epoch + 1, "lr": lr, "skip": skip})
+            for bi, (X, y) in enumerate(ds.train.batches(cfg.batch_size, shuffle=True,
+                                                        rng=shuffle_rng, drop_last=drop_last)):
+                if bi < skip:
+                    continue
+                tb = time.perf_counter()
+                buf = x_buf.get(X.shape)
+                if buf is None:
+                    buf = x_buf[X.shape] = np.empty(X.shape, dtype=np.float32)
+                xb = be.asarray(standardizer.apply(X, out=buf))
+                yb = be.asarray(y)
+                logits = model.forward(xb, training=True)
+                correct += (logits.argmax(axis=1) == yb).sum()
+                loss, dlogits = be.softmax_cross_entropy(logits, yb, cw)
+                if check_each_step and not math.isfinite(float(loss)):
+                    raise diverged(f"at epoch {epoch + 1}, step {step + 1}", float(loss))
+                loss_sum += loss.astype(xp.float64) * X.shape[0]
+                model.backward(dlogits)
+                opt.step()
+                step += 1
+                count += X.shape[0]
+                batch_done = bi + 1
+                train_time += time.perf_counter() - tb
+                say("batch", {"epoch": epoch + 1, "batch": batch_done, "batches": n_batches})
+                if cfg.save_every and step % cfg.save_every == 0 and batch_done < n_batches:
+                    acc_loss, acc_correct, acc_count = float(loss_sum), int(correct), count
+                    if not math.isfinite(acc_loss):
+                        raise diverged(f"in epoch {epoch + 1}", acc_loss)
+                    acc_seconds = acc_seconds0 + (time.perf_counter() - t0)
+                    ckpt_mod.save(last_path, snapshot("running"))
+            # ------------------------------------------------------------ epoch end
+            acc_loss, acc_correct, acc_count = float(loss_sum), int(correct), count
+            if not math.isfinite(acc_loss):
+                raise diverged(f"in epoch {epoch + 1}", acc_loss)
+            train_loss = acc_loss / max(count, 1)
+            train_acc = acc_correct / max(count, 1)
+            val_loss = val_acc = None
+            if ds.val is not None:
+                v = evaluate(model, ds.val, standardizer, classes=classes)
+                val_loss, val_acc = v["loss"], v["accuracy"]
+            seconds = acc_seconds0 + (time.perf_counter() - t0)
+            epoch += 1
+            batch_done = 0
+            epoch_start_state = shuffle_rng.bit_generator.state
+            current = val_acc if monitor == "val_acc" else train_acc
+            # best.h5 takes ties (the later, longer-trained epoch); patience counts the epochs
+            # since the metric last strictly improved
+            improved = current is not None and current >= best_value
+            if improved:
+                if current > best_value:
+                    improved_epoch = epoch
+                best_value, best_epoch = float(current), epoch
+            stop = _should_stop(cfg, epoch, improved_epoch)
+            status = "early_stopped" if stop else ("finished" if epoch >= cfg.epochs else "running")
+            rec = {"epoch": epoch, "step": step, "train_loss": train_loss, "train_acc": train_acc,
+                   "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
+                   "seconds": round(seconds, 4),
+                   "samples_per_s": round((count - acc_count0) / train_time, 1)
+                   if train_time > 0 else None}
+            acc_loss, acc_correct, acc_count, acc_seconds = 0.0, 0, 0, 0.0
+            acc_loss0, acc_correct0, acc_count0, acc_seconds0 = 0.0, 0, 0, 0.0
+            metrics.append(rec)
+            history.append(rec)
+            if improved:
+                ckpt_mod.save(best_path, snapshot(status))
+                best_arrays = model.state_arrays()
+            ckpt_mod.save(last_path, snapshot(status))
+            say("epoch", {**rec, "best": improved, "epochs": cfg.epochs})
+            if stop:
+                break
 
     if status == "early_stopped" and best_arrays is not None:
         model.load_state_arrays(best_arrays)
@@ -804,8 +812,8 @@ def fit(
     return result
 
 
-def _should_stop(cfg: TrainConfig, epoch: int, best_epoch: int) -> bool:
-    return cfg.patience > 0 and epoch - best_epoch >= cfg.patience
+def _should_stop(cfg: TrainConfig, epoch: int, improved_epoch: int) -> bool:
+    return cfg.patience > 0 and epoch - improved_epoch >= cfg.patience
 
 
 def _clone_with(model: MLP, arrays: dict[str, np.ndarray]) -> MLP:

@@ -1,0 +1,229 @@
+"""Checkpoints: round trip, atomic saves (also under SIGKILL), and every kind of bad file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+
+import gpunet as gn
+from gpunet import checkpoint as ck
+from gpunet.data import Standardizer
+from gpunet.errors import CheckpointError
+
+
+def _trained_state(backend="cpu", steps=3, seed=0):
+    """A small MLP with batch norm and dropout after a few Adam steps, its optimizer and a
+    standardizer."""
+    be = gn.get_backend(backend)
+    model = gn.MLP(6, [8, 5], 3, batchnorm=True, dropout=0.2, backend=be, seed=seed)
+    opt = gn.optim.make_optimizer("adam", model, lr=1e-2)
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        x = rng.standard_normal((16, 6)).astype(np.float32)
+        y = rng.integers(0, 3, 16)
+        logits = model.forward(be.asarray(x), training=True)
+        _, d = be.softmax_cross_entropy(logits, be.asarray(y))
+        model.backward(d)
+        opt.step()
+    std = Standardizer(np.arange(6, dtype=np.float32), np.full(6, 2.0, np.float32))
+    return model, opt, std
+
+
+def _save(path, backend="cpu", **kw):
+    model, opt, std = _trained_state(backend, **kw)
+    c = ck.from_training_state(model, opt, std, config={"lr": 0.01, "hidden": [8, 5]},
+                               data={"path": "x.h5", "heldout": "test"},
+                               classes=["a", "b", "c"],
+                               progress={"epoch": 2, "batch": 0, "step": 3})
+    ck.save(path, c)
+    return model, opt, std
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_round_trip_restores_everything_bit_for_bit(tmp_path):
+    p = tmp_path / "a.h5"
+    model, opt, std = _save(p)
+    c = ck.load(p)
+    assert c.format_version == ck.FORMAT_VERSION and c.gpunet_version == gn.__version__
+    assert c.classes == ["a", "b", "c"] and c.epoch == 2 and c.step == 3
+    assert c.config == {"lr": 0.01, "hidden": [8, 5]} and c.data["heldout"] == "test"
+    m2 = ck.build_model(c, "cpu")
+    for k, v in model.state_arrays().items():
+        assert np.array_equal(v, m2.state_arrays()[k]), k
+    assert m2.layout == model.layout
+    sd = opt.state_dict()
+    assert c.optimizer["name"] == "adam" and c.optimizer["t"] == sd["t"] == 3
+    for k in ("m", "v"):
+        assert np.array_equal(c.optimizer_state[k], sd[k])
+    assert np.array_equal(c.standardizer["mean"], std.mean)
+    assert np.array_equal(c.standardizer["std"], std.std)
+    # the dropout generator continues where it was
+    assert m2.dropout_rng.random() == model.dropout_rng.random()
+    # only numbers and strings inside: no object (pickled) data anywhere
+    with h5py.File(p, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                assert obj.dtype.kind in "fiu", name
+        f.visititems(visit)
+
+
+@pytest.mark.parametrize("direction", ["save_on_be", "load_on_be"])
+def test_checkpoint_moves_between_backends(tmp_path, be, direction):
+    """Arrays are stored as host NumPy: a checkpoint written on one backend loads on another
+    (on a machine with a GPU this runs CPU <-> GPU; here, CPU <-> CPU)."""
+    p = tmp_path / "x.h5"
+    src, dst = (be, "cpu") if direction == "save_on_be" else ("cpu", be)
+    model, _, _ = _save(p, backend=src)
+    m2 = ck.build_model(ck.load(p), dst)
+    x = np.random.default_rng(1).standard_normal((5, 6)).astype(np.float32)
+    a = gn.get_backend(src).to_host(model.forward(gn.get_backend(src).asarray(x)))
+    b = m2.backend.to_host(m2.forward(m2.backend.asarray(x)))
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_failed_save_leaves_previous_file_intact(tmp_path, monkeypatch):
+    p = tmp_path / "last.h5"
+    _save(p)
+    before = _sha(p)
+    real = ck._write_contents
+
+    def half_then_fail(f, c, version):
+        f.create_dataset("junk", data=np.zeros(1000))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ck, "_write_contents", half_then_fail)
+    model, opt, std = _trained_state(steps=5)
+    with pytest.raises(OSError):
+        ck.save(p, ck.from_training_state(model, opt, std))
+    monkeypatch.setattr(ck, "_write_contents", real)
+    assert _sha(p) == before
+    assert ck.load(p).step == 3
+    assert sorted(os.listdir(tmp_path)) == ["last.h5"]  # the temp file was removed
+
+
+def test_sigkill_during_save_leaves_a_loadable_checkpoint(tmp_path):
+    """A process killed (SIGKILL) in the middle of writing a checkpoint: the old file loads."""
+    p = tmp_path / "last.h5"
+    _save(p)
+    before = _sha(p)
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        import numpy as np
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from test_checkpoint import _trained_state
+        from gpunet import checkpoint as ck
+        real = ck._write_contents
+        def write_then_die(f, c, version):
+            f.create_group("model").create_dataset("params", data=np.ones(200000, np.float32))
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        ck._write_contents = write_then_die
+        model, opt, std = _trained_state(steps=7)
+        ck.save({str(p)!r}, ck.from_training_state(model, opt, std))
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert r.returncode == -signal.SIGKILL, r.stderr.decode()
+    assert _sha(p) == before
+    c = ck.load(p)
+    assert c.step == 3
+    ck.build_model(c, "cpu")
+    leftovers = [n for n in os.listdir(tmp_path) if n != "last.h5"]
+    assert leftovers and all(n.startswith(".last.h5.") for n in leftovers)  # only a temp file
+    for n in leftovers:  # and that partial temp file is recognised as not a checkpoint
+        with pytest.raises(CheckpointError, match="not a gpunet checkpoint|truncated|corrupt"):
+            ck.load(tmp_path / n)
+
+
+# ---------------------------------------------------------------------- bad files
+def test_missing_empty_and_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        ck.load(tmp_path / "nope.h5")
+    (tmp_path / "empty.h5").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        ck.load(tmp_path / "empty.h5")
+    with pytest.raises(CheckpointError, match="directory"):
+        ck.load(tmp_path)
+
+
+def test_not_hdf5(tmp_path):
+    p = tmp_path / "notes.h5"
+    p.write_text("this is not a checkpoint\n" * 100)
+    with pytest.raises(CheckpointError, match="not an HDF5 file"):
+        ck.load(p)
+
+
+def test_foreign_hdf5(tmp_path):
+    p = tmp_path / "data.h5"
+    with h5py.File(p, "w") as f:
+        f["X"] = np.zeros((4, 3))
+        f["y"] = np.zeros(4)
+    with pytest.raises(CheckpointError, match="not a gpunet checkpoint.*X, y"):
+        ck.load(p)
+
+
+def test_truncated(tmp_path):
+    p = tmp_path / "t.h5"
+    _save(p)
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        ck.load(p)
+
+
+def test_newer_version(tmp_path):
+    p = tmp_path / "n.h5"
+    _save(p)
+    with h5py.File(p, "r+") as f:
+        f.attrs["format_version"] = ck.FORMAT_VERSION + 1
+        f.attrs["gpunet_version"] = "9.0.0"
+    with pytest.raises(CheckpointError, match=r"format version 2, written by gpunet 9\.0\.0.*"
+                                              "upgrade"):
+        ck.load(p)
+
+
+def test_corrupt_array_fails_its_checksum(tmp_path):
+    p = tmp_path / "c.h5"
+    _save(p)
+    with h5py.File(p, "r") as f:
+        off = f["model/params"].id.get_offset()
+    with open(p, "r+b") as fh:
+        fh.seek(off + 8)
+        b = fh.read(4)
+        fh.seek(off + 8)
+        fh.write(bytes(x ^ 0xFF for x in b))
+    with pytest.raises(CheckpointError, match="model/params fails its checksum"):
+        ck.load(p)
+
+
+def test_corrupt_metadata(tmp_path):
+    p = tmp_path / "m.h5"
+    _save(p)
+    with h5py.File(p, "r+") as f:
+        f.attrs["layout"] = "{not json"
+    with pytest.raises(CheckpointError, match="'layout' is not valid JSON"):
+        ck.load(p)
+    _save(p)
+    with h5py.File(p, "r+") as f:
+        del f["model/params"]
+    with pytest.raises(CheckpointError, match="model/params is missing"):
+        ck.load(p)
+
+
+def test_layout_mismatch_is_reported(tmp_path):
+    p = tmp_path / "l.h5"
+    _save(p)
+    c = ck.load(p)
+    c.model["hidden"] = [9, 5]
+    with pytest.raises(CheckpointError, match="layout does not match"):
+        ck.build_model(c, "cpu")

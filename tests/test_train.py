@@ -1,0 +1,292 @@
+"""fit / evaluate / predict: the run folder, inference statistics, early stopping, divergence,
+resuming in-process, class weights, schedules, and the digits target."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from gpunet import checkpoint as ck
+from gpunet.config import TrainConfig
+from gpunet.data import load_split
+from gpunet.errors import CheckpointError, ConfigError, TrainingDiverged
+from gpunet.train import (
+    _class_weights,
+    config_for_resume,
+    evaluate,
+    evaluate_checkpoint,
+    fit,
+    predict,
+    predict_checkpoint,
+)
+
+
+def write_blobs(path, n=600, d=5, classes=3, seed=0, test=True, spread=2.5, weights=None):
+    """Gaussian blobs in groups train (and test); labels int64."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, spread, (classes, d))
+    p = None if weights is None else np.asarray(weights) / np.sum(weights)
+
+    def make(m):
+        y = rng.choice(classes, m, p=p)
+        return (centers[y] + rng.standard_normal((m, d))).astype(np.float32), y.astype(np.int64)
+
+    with h5py.File(path, "w") as f:
+        X, y = make(n)
+        f["train/X"], f["train/y"] = X, y
+        if test:
+            X, y = make(n // 4)
+            f["test/X"], f["test/y"] = X, y
+    return str(path)
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def small_cfg(data, out, **kw) -> TrainConfig:
+    base = dict(data=data, out=str(out), hidden=[16, 8], epochs=3, batch_size=32, device="cpu",
+                seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory):
+    return write_blobs(tmp_path_factory.mktemp("data") / "blobs.h5")
+
+
+@pytest.fixture(scope="module")
+def run(blobs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    return fit(small_cfg(blobs, out, epochs=4, dropout=0.1))
+
+
+def test_fit_writes_the_run_folder(run):
+    out = run.out_dir
+    assert sorted(p.name for p in out.iterdir()) == ["best.h5", "config.toml", "last.h5",
+                                                     "metrics.jsonl"]
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3, 4]
+    keys = {"epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
+            "samples_per_s"}
+    assert all(keys <= set(r) for r in lines)
+    assert lines[-1]["step"] == run.step == ck.load(out / "last.h5").step
+    assert run.status == "finished" and run.test is not None and run.test["accuracy"] > 0.9
+    best = ck.load(out / "best.h5")
+    assert best.epoch == run.best_epoch and best.progress["best_value"] == run.best_value
+    assert run.best_value == max(r["val_acc"] for r in lines)
+    cfg = TrainConfig.from_dict(__import__("gpunet.config").config.load_toml(out / "config.toml"))
+    assert cfg.hidden == [16, 8] and cfg.lr == 2e-3 and cfg.out == str(out)
+    assert best.data["heldout"] == "test" and best.data["val_source"] == "split"
+
+
+def test_cosine_schedule_in_metrics(run):
+    lrs = [r["lr"] for r in run.history]
+    assert lrs[0] == pytest.approx(2e-3) and lrs == sorted(lrs, reverse=True)
+
+
+def test_evaluate_is_repeatable_batch_size_independent_and_changes_nothing(run, blobs):
+    last = run.out_dir / "last.h5"
+    before = _sha(last)
+    stats_before = {k: v for k, v in ck.load(last).arrays.items()}
+    a = evaluate_checkpoint(last, device="cpu")
+    b = evaluate_checkpoint(last, device="cpu")
+    c = evaluate_checkpoint(last, device="cpu", batch_size=7)
+    d = evaluate_checkpoint(last, device="cpu", batch_size=1)
+    assert a == b
+    for other in (c, d):
+        for key in ("accuracy", "n", "confusion_matrix", "per_class"):
+            assert other[key] == a[key], key
+        assert other["loss"] == pytest.approx(a["loss"], rel=1e-6)
+    assert set(a) >= {"accuracy", "loss", "n", "per_class", "confusion_matrix"}
+    assert a["split"] == "test" and a["n"] == 150 and sum(map(sum, a["confusion_matrix"])) == 150
+    assert _sha(last) == before
+    for k, v in ck.load(last).arrays.items():
+        assert np.array_equal(v, stats_before[k]), k
+    # and in memory: evaluating does not touch a model's running statistics
+    src = load_split(blobs, "test")
+    model = run.model
+    snap = model.state_arrays()
+    evaluate(model, src, run.standardizer)
+    for k, v in model.state_arrays().items():
+        assert np.array_equal(v, snap[k]), k
+
+
+def test_per_class_metrics(run):
+    r = evaluate_checkpoint(run.out_dir / "best.h5", device="cpu")
+    cm = np.array(r["confusion_matrix"])
+    for i, (name, m) in enumerate(r["per_class"].items()):
+        assert name == str(i)
+        assert m["support"] == cm[i].sum()
+        assert m["recall"] == pytest.approx(cm[i, i] / cm[i].sum())
+        assert m["precision"] == pytest.approx(cm[i, i] / cm[:, i].sum())
+    assert r["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+
+
+def test_predict_matches_evaluate_and_writes_files(run, blobs, tmp_path):
+    src = load_split(blobs, "test")
+    p = predict(run.model, src, run.standardizer)
+    X, y = src.arrays()
+    assert np.array_equal(p, predict(run.model, X, run.standardizer))
+    proba = predict(run.model, X, run.standardizer, proba=True)
+    assert proba.shape == (150, 3) and np.allclose(proba.sum(1), 1, atol=1e-5)
+    best = run.out_dir / "best.h5"
+    for ext in ("h5", "csv", "npy"):
+        res = predict_checkpoint(best, blobs, tmp_path / f"p.{ext}", proba=True, split="test",
+                                 device="cpu")
+        assert res["n"] == 150
+    with h5py.File(tmp_path / "p.h5") as f:
+        assert f["pred"].shape == (150,) and f["proba"].shape == (150, 3)
+    assert np.load(tmp_path / "p.npy", allow_pickle=False).shape == (150, 3)
+    lines = (tmp_path / "p.csv").read_text().splitlines()
+    assert lines[0] == "pred,class,p_0,p_1,p_2" and len(lines) == 151
+    before = _sha(best)
+    with pytest.raises(ConfigError, match="refusing to overwrite"):
+        predict_checkpoint(best, blobs, best, device="cpu")
+    assert _sha(best) == before
+
+
+def test_interrupted_run_resumes_exactly_in_process(blobs, tmp_path):
+    """Stop mid-epoch (after a --save-every checkpoint), resume: same parameters bit for bit,
+    same metrics. Dropout is on, so the dropout generator's state matters too."""
+    kw = dict(epochs=3, dropout=0.2, save_every=4, lr_schedule="step", lr_step_size=1)
+    ref = fit(small_cfg(blobs, tmp_path / "ref", **kw))
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_step_23(event, info):
+        if event == "batch" and info["epoch"] == 2 and info["batch"] == 6:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(small_cfg(blobs, tmp_path / "cut", **kw), callback=stop_at_step_23)
+    last = tmp_path / "cut" / "last.h5"
+    pr = ck.load(last).progress
+    assert (pr["epoch"], pr["batch"]) == (1, 3)  # step 20 = epoch 2, batch 3 (17 a epoch)
+    res = fit(config_for_resume(last), resume=last)
+    assert np.array_equal(res.model.state_arrays()["params"], ref.model.state_arrays()["params"])
+    for k, v in ref.model.state_arrays().items():
+        assert np.array_equal(res.model.state_arrays()[k], v), k
+    strip = [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")}
+             for r in ref.history]
+    assert [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")}
+            for r in res.history] == strip
+    a, b = ck.load(ref.last_path), ck.load(res.last_path)
+    for k in a.optimizer_state:
+        assert np.array_equal(a.optimizer_state[k], b.optimizer_state[k])
+    assert a.rng == b.rng
+
+
+def test_resume_with_a_new_learning_rate_is_recorded(blobs, tmp_path):
+    out = tmp_path / "r"
+    fit(small_cfg(blobs, out, epochs=2))
+    cfg = config_for_resume(out / "last.h5", {"lr": 5e-4, "epochs": 3})
+    res = fit(cfg, resume=out / "last.h5")
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    events = [x for x in lines if "event" in x]
+    assert events == [{"event": "resume", "epoch": 2, "step": events[0]["step"],
+                       "from": str(out / "last.h5"),
+                       "changed": {"lr": [2e-3, 5e-4], "epochs": [2, 3]}}]
+    assert [x["epoch"] for x in lines if "event" not in x] == [1, 2, 3]
+    assert res.epochs == 3 and ck.load(out / "last.h5").optimizer["hyperparams"]["lr0"] == 5e-4
+
+
+def test_resume_refuses_to_change_the_model(blobs, tmp_path):
+    out = tmp_path / "r"
+    fit(small_cfg(blobs, out, epochs=1))
+    with pytest.raises(ConfigError, match="cannot change hidden"):
+        fit(config_for_resume(out / "last.h5", {"hidden": [4]}), resume=out / "last.h5")
+
+
+def test_fresh_run_does_not_overwrite_an_existing_run(blobs, tmp_path):
+    out = tmp_path / "r"
+    fit(small_cfg(blobs, out, epochs=1))
+    before = _sha(out / "last.h5")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        fit(small_cfg(blobs, out, epochs=1))
+    assert _sha(out / "last.h5") == before
+
+
+def test_early_stopping_restores_the_best_weights(tmp_path):
+    data = write_blobs(tmp_path / "easy.h5", n=400, spread=6.0)
+    res = fit(small_cfg(data, tmp_path / "r", epochs=30, patience=2, lr=0.02))
+    assert res.status == "early_stopped" and res.epochs < 30
+    improved = ck.load(tmp_path / "r" / "last.h5").progress["improved_epoch"]
+    assert res.epochs - improved == 2 and improved <= res.best_epoch
+    best = ck.load(tmp_path / "r" / "best.h5")
+    assert best.epoch == res.best_epoch
+    assert np.array_equal(res.model.state_arrays()["params"], best.arrays["params"])
+    assert ck.load(tmp_path / "r" / "last.h5").progress["status"] == "early_stopped"
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(blobs, tmp_path):
+    out = tmp_path / "r"
+    fit(small_cfg(blobs, out, epochs=1, batchnorm=False, optimizer="sgd"))
+    before = _sha(out / "last.h5")
+    cfg = config_for_resume(out / "last.h5", {"lr": 1e30, "epochs": 3})
+    with pytest.raises(TrainingDiverged, match="loss became (nan|inf).*last good checkpoint"):
+        fit(cfg, resume=out / "last.h5")
+    assert _sha(out / "last.h5") == before
+    assert ck.load(out / "last.h5").epoch == 1
+    last_line = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last_line["event"] == "diverged"
+
+
+def test_balanced_class_weights(tmp_path):
+    data = write_blobs(tmp_path / "imb.h5", n=500, weights=[0.8, 0.15, 0.05])
+    from gpunet.data import open_dataset
+
+    ds = open_dataset(data, val_split=0.0)
+    counts = ds.train.class_counts(3)
+    w = _class_weights(TrainConfig(class_weights="balanced"), ds)
+    np.testing.assert_allclose(w, counts.sum() / (3 * counts), rtol=1e-6)
+    assert _class_weights(TrainConfig(), ds) is None
+    res = fit(small_cfg(data, tmp_path / "r", class_weights="balanced", epochs=2))
+    assert res.history[-1]["train_loss"] > 0
+
+
+def test_streamed_training_matches_in_memory_accuracy(blobs, tmp_path):
+    """A memory budget far below the data size streams the file; accuracy stays the same."""
+    from gpunet.data import open_dataset
+
+    assert not open_dataset(blobs, memory_budget=9000).train.in_memory
+    mem = fit(small_cfg(blobs, tmp_path / "mem", epochs=4))
+    streamed = fit(small_cfg(blobs, tmp_path / "str", epochs=4, memory_budget=9000))
+    assert abs(streamed.test["accuracy"] - mem.test["accuracy"]) <= 0.03
+
+
+def test_batch_size_one_with_batchnorm_is_a_config_error(blobs, tmp_path):
+    with pytest.raises(ConfigError, match="--batch-size 1 cannot train with batch norm"):
+        fit(small_cfg(blobs, tmp_path / "r", batch_size=1))
+
+
+def test_last_batch_of_one_is_dropped_with_batchnorm(tmp_path):
+    data = write_blobs(tmp_path / "odd.h5", n=65, test=False)
+    res = fit(small_cfg(data, tmp_path / "r", val_split=0.0, epochs=1))
+    assert res.step == 2 and res.history[0]["val_acc"] is None and res.best_metric == "train_acc"
+
+
+def test_eval_rejects_a_checkpoint_of_other_width(run, tmp_path):
+    other = write_blobs(tmp_path / "wide.h5", d=7)
+    with pytest.raises(Exception, match="expects 5 input features but .* has 7"):
+        evaluate_checkpoint(run.out_dir / "best.h5", other, device="cpu")
+    with pytest.raises(CheckpointError, match="not found"):
+        evaluate_checkpoint(tmp_path / "none.h5", device="cpu")
+
+
+def test_digits_defaults_reach_97_percent(tmp_path):
+    """The Must-show target: default settings on the bundled digits, >= 97% test accuracy."""
+    t0 = time.perf_counter()
+    res = fit(TrainConfig(data="digits", out=str(tmp_path / "digits"), device="cpu"))
+    seconds = time.perf_counter() - t0
+    print(f"digits: test accuracy {res.test['accuracy']:.4f} in {seconds:.1f}s")
+    assert res.test["accuracy"] >= 0.97
+    ev = evaluate_checkpoint(tmp_path / "digits" / "best.h5", device="cpu")
+    assert ev["accuracy"] == res.test["accuracy"] and ev["split"] == "test"
