@@ -872,52 +872,50 @@ def open_dataset(data: str | os.PathLike[str], x_key: str | None = None,
         names = _class_names(f, parts["train"])
         checked: list[tuple[_PartData, str]] = [(pd, f"in {_name(path)}:{pd.part.y}")
                                                 for s, pd in pds.items()]
-        vf = None
+        val_file_src: ArraySource | None = None
         if val is not None:
-            vpath = resolve_data_path(val)
-            vf = _open_h5(vpath)
-            vparts, _ = _find_parts(vf, x_key, y_key)
-            vpd = _check_part(vf, vparts.get("val", vparts["train"]))
-            checked.append((vpd, f"in {_name(vpath)}:{vpd.part.y}"))
-        try:
-            n_classes = _n_classes(names, checked)
-            if n_classes < 2:
-                raise DataError(f"{_name(path)} has a single class (label 0); a classifier needs "
-                                "at least 2")
-            classes = names if names is not None else [str(i) for i in range(n_classes)]
-            tr = pds["train"]
-            if val is not None:
-                val_source, train_rows, val_src = "file", None, None
-            elif "val" in pds:
-                val_source, train_rows, val_src = "group", None, None
-            elif val_split > 0:
-                val_source = "split"
-                train_rows, val_rows = holdout_ranges(tr.n, val_split, seed)
-            else:
-                val_source, train_rows = "none", None
-                holdout_ranges(tr.n, val_split, seed)   # checks the range
-            fname = _name(path)
-            train = _make_source(f, path, tr, train_rows, memory_budget, f"{fname}:train",
-                                 names)
-            if val_source == "file":
-                assert vf is not None
-                val_src = _make_source(vf, resolve_data_path(val), vpd, None,  # type: ignore[arg-type]
-                                       memory_budget, f"{_name(vf.filename)}:val", names)
-            elif val_source == "group":
-                val_src = _make_source(f, path, pds["val"], None, memory_budget, f"{fname}:val",
-                                       names)
-            elif val_source == "split":
-                val_src = _make_source(f, path, tr, val_rows, memory_budget, f"{fname}:val",
-                                       names)
-            else:
-                val_src = None
-            test = None
-            if "test" in pds and not same:
-                test = _make_source(f, path, pds["test"], None, memory_budget, f"{fname}:test",
-                                    names)
-        finally:
-            if vf is not None:
-                vf.close()
+            with _open_h5(resolve_data_path(val)) as vf:
+                has_val = "val" in vf and isinstance(vf["val"], h5py.Group)
+            val_file_src = load_split(val, "val" if has_val else "all", x_key, y_key,
+                                      val_split=0.0, memory_budget=memory_budget)
+        n_classes = _n_classes(names, checked)
+        if val_file_src is not None and val_file_src.has_labels:
+            if names is not None:
+                _check_label_range(val_file_src.labels, len(names), f"in {val_file_src.name}",
+                                   f" (the file names {len(names)} classes)")
+            n_classes = max(n_classes, int(val_file_src.labels.max()) + 1)
+        if n_classes < 2:
+            raise DataError(f"{_name(path)} has a single class (label 0); a classifier needs "
+                            "at least 2")
+        classes = names if names is not None else [str(i) for i in range(n_classes)]
+        tr = pds["train"]
+        if val is not None:
+            val_source, train_rows, val_src = "file", None, None
+        elif "val" in pds:
+            val_source, train_rows, val_src = "group", None, None
+        elif val_split > 0:
+            val_source = "split"
+            train_rows, val_rows = holdout_ranges(tr.n, val_split, seed)
+        else:
+            val_source, train_rows = "none", None
+            holdout_ranges(tr.n, val_split, seed)   # checks the range
+        fname = _name(path)
+        train = _make_source(f, path, tr, train_rows, memory_budget, f"{fname}:train",
+                             names)
+        if val_source == "file":
+            val_src = val_file_src
+        elif val_source == "group":
+            val_src = _make_source(f, path, pds["val"], None, memory_budget, f"{fname}:val",
+                                   names)
+        elif val_source == "split":
+            val_src = _make_source(f, path, tr, val_rows, memory_budget, f"{fname}:val",
+                                   names)
+        else:
+            val_src = None
+        test = None
+        if "test" in pds and not same:
+            test = _make_source(f, path, pds["test"], None, memory_budget, f"{fname}:test",
+                                names)
     for s in (val_src, test):
         if s is not None and s.n_features != train.n_features:
             raise DataError(f"{s.name} has {s.n_features} features but {train.name} has "
@@ -1189,7 +1187,7 @@ def import_npz(src: str | os.PathLike[str], out: str | os.PathLike[str],
         splits = {}
         for s, (xk, yk) in pairs.items():
             X, y = _check_xy(get(xk), get(yk), f"{_name(sp)}:{xk}/{yk}", classes)
-            splits[s or "data"] = (X, y)
+            splits[s or "all"] = (X, y)
     attrs: dict[str, Any] = {"source": _name(sp), "generator": "gpunet data import"}
     if classes is not None:
         attrs["classes"] = list(classes)
@@ -1286,7 +1284,7 @@ def import_csv(src: str | os.PathLike[str], out: str | os.PathLike[str],
         attrs["classes"] = list(classes)
     if names is not None:
         attrs["feature_names"] = [names[j] for j in feat_cols]
-    splits = {"data": (X, labels)}
+    splits = {"all": (X, labels)}
     p = _write_atomic(out, _write_splits(splits, attrs, grouped=False), force)
     return _summary(p, splits, classes)
 

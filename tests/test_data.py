@@ -556,3 +556,14 @@ def test_inspect_file(tmp_path):
     assert [d["key"] for d in info["datasets"]] == ["images", "target"]
     assert info["error"].startswith("no X/y keys")
     assert D.inspect_file(p, x_key="images", y_key="target")["splits"]["train"]["n"] == 40
+
+
+def test_val_file_uses_its_val_group_else_all(tmp_path):
+    X, y = xy(30)
+    tr = write(tmp_path / "tr.h5", X=X, y=y)
+    flat = write(tmp_path / "v.h5", X=X[:5], y=np.array([0, 1, 2, 3, 0]))
+    ds = D.open_dataset(tr, val=flat)
+    assert (ds.val_source, ds.val.n, ds.train.n, ds.n_classes) == ("file", 5, 30, 4)
+    grouped = write(tmp_path / "g.h5", **{"train/X": X, "train/y": y, "val/X": X[:4],
+                                          "val/y": y[:4]})
+    assert D.open_dataset(tr, val=grouped).val.n == 4
