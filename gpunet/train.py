@@ -584,7 +584,6 @@ def fit(
     out = Path(cfg.out) if cfg.out else (
         Path(resume).parent if resume is not None else default_out_dir(str(cfg.data)))
     cfg.out = str(out)
-    _check_output_folder(out)
     last_path, best_path = out / "last.h5", out / "best.h5"
     if ck is None and (last_path.exists() or best_path.exists()):
         raise ConfigError(f"{out} already holds a run (last.h5 / best.h5): continue it with "
@@ -634,6 +633,7 @@ def fit(
                                                                spawn_key=(SHUFFLE_STREAM,)))
     cw_host = _class_weights(cfg, ds)
     cw = be.asarray(cw_host) if cw_host is not None else None
+    _check_output_folder(out)  # after every input check: bad input leaves no empty folder
     metrics = _MetricsLog(out / "metrics.jsonl")
 
     # ---------------------------------------------------------------- progress state

@@ -290,3 +290,15 @@ def test_digits_defaults_reach_97_percent(tmp_path):
     assert res.test["accuracy"] >= 0.97
     ev = evaluate_checkpoint(tmp_path / "digits" / "best.h5", device="cpu")
     assert ev["accuracy"] == res.test["accuracy"] and ev["split"] == "test"
+
+
+def test_eval_without_test_group_uses_the_recorded_validation_split(tmp_path):
+    """No test group: eval without --data re-creates the held-out validation rows, so it
+    reproduces the last epoch's val_acc / val_loss exactly."""
+    data = write_blobs(tmp_path / "flat.h5", n=300, test=False)
+    res = fit(small_cfg(data, tmp_path / "r", epochs=2))
+    ev = evaluate_checkpoint(tmp_path / "r" / "last.h5", device="cpu")
+    assert ev["split"] == "val" and ev["n"] == 30
+    assert ev["accuracy"] == res.history[-1]["val_acc"]
+    assert ev["loss"] == res.history[-1]["val_loss"]
+    assert res.test is None
