@@ -103,6 +103,8 @@ def train_command(
     split_given = "val_split" in explicit or "val_split" in file_keys
     if val_given and split_given and ("val" in explicit) == ("val_split" in explicit):
         raise ConfigError("use either --val FILE or --val-split F, not both")
+    if "val_split" in explicit and "val" not in explicit:
+        explicit["val"] = None  # --val-split on the command line beats a val file elsewhere
     out_hint = explicit.get("out") or file_cfg.get("out")
     resume_path = resolve_resume(resume, out_hint)
     if resume_path is not None:

@@ -10,7 +10,8 @@ Randomness: one ``seed`` feeds ``numpy.random.SeedSequence``. The model uses its
 (``SeedSequence(seed, spawn_key=(2,))``). All are host generators whose states are saved.
 
 A run folder holds ``last.h5`` (every epoch, and every ``save_every`` steps), ``best.h5``
-(best validation accuracy; training accuracy when there is no validation set),
+(best validation accuracy; training accuracy when there is no validation set; a tie goes to
+the later epoch, while ``patience`` counts the epochs since the last strict improvement),
 ``metrics.jsonl`` (one JSON object per epoch; events such as a resume carry an ``event`` key)
 and ``config.toml`` (the resolved configuration). Resuming from ``last.h5`` continues
 exactly, also from the middle of an epoch: the checkpoint holds the shuffle generator's state
