@@ -110,6 +110,7 @@ def train_command(
     if resume_path is not None:
         ck = load_checkpoint(resume_path)
         base = TrainConfig.from_dict(ck.config, source=f"checkpoint {resume_path}")
+        base.out = None  # a run folder that moved: continue beside the checkpoint
     else:
         base = TrainConfig()
     cfg = base.updated(file_cfg, source=f"config file {config}") if file_cfg else base

@@ -464,6 +464,7 @@ def config_for_resume(path: str | Path, overrides: dict[str, Any] | None = None)
     """The configuration recorded in a checkpoint with ``overrides`` applied (for ``fit``)."""
     ck = ckpt_mod.load(path)
     base = TrainConfig.from_dict(ck.config, source=f"checkpoint {path}")
+    base.out = None  # continue beside the checkpoint unless overridden
     return base.updated(overrides or {}, source="overrides")
 
 
@@ -844,10 +845,14 @@ def _check_resume_config(ck: ckpt_mod.Checkpoint, cfg: TrainConfig) -> dict[str,
     """Raise ``ConfigError`` if ``cfg`` changes what a resume cannot; return the changes."""
     old = TrainConfig.from_dict(ck.config, source=f"checkpoint {ck.path}")
     old_data = _normalize_data_ref(old.data)
-    if old_data != cfg.data:
-        raise ConfigError(f"cannot resume {ck.path} on different data: it was trained on "
-                          f"{old_data}, not {cfg.data}")
     changed: dict[str, list[Any]] = {}
+    if old_data != cfg.data:
+        moved = old_data is not None and Path(old_data).is_absolute() \
+            and not Path(old_data).exists()
+        if not moved:
+            raise ConfigError(f"cannot resume {ck.path} on different data: it was trained on "
+                              f"{old_data}, not {cfg.data}")
+        changed["data"] = [old_data, cfg.data]  # the file moved
     for key in TrainConfig.keys():
         a, b = getattr(old, key), getattr(cfg, key)
         if key in ("data", "out"):

@@ -173,6 +173,15 @@ def test_resume_auto_with_a_changed_lr(tmp_path):
     assert r.exit_code == 0 and (tmp_path / "new" / "last.h5").exists()
 
 
+def test_resume_a_moved_run_folder_continues_beside_the_checkpoint(tmp_path):
+    data = blobs(tmp_path / "b.h5")
+    assert invoke("train", data, "--out", tmp_path / "a", *FAST, "--quiet").exit_code == 0
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    r = invoke("train", "--resume", tmp_path / "b" / "last.h5", "--epochs", "3", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "a").exists() and ck.load(tmp_path / "b" / "last.h5").epoch == 3
+
+
 def test_info_never_crashes(monkeypatch, tmp_path):
     monkeypatch.setenv("CUPY_CACHE_DIR", str(tmp_path / "kc"))
     r = invoke("info", "--json")
