@@ -199,13 +199,14 @@ if [ -f "$ENVFILE" ]; then
     echo "using the PYTHONPATH overlay: $PYTHONPATH"
 fi
 step pytest 60 ensure_pytest
-step tests 110 pytest_run tests/test_cupy_backend.py -q -rs -p no:cacheprovider --maxfail=10
+step tests 150 pytest_run tests/test_cupy_backend.py tests/test_backend.py tests/test_layers.py \
+    tests/test_model.py tests/test_torch_parity.py tests/test_optim.py -q -rs -p no:cacheprovider --maxfail=10
 KJSON=()
 if [ -n "$OUTDIR" ]; then KJSON=(--json "$OUTDIR/kernels.json"); fi
 step kernels 110 "$PY" benchmarks/kernels.py "${KJSON[@]}"
 step train 60 train_e2e
 if [ -f benchmarks/train_step.py ] || [ -d benchmarks/gpu_check.d ]; then
-    step extra 90 extra
+    step extra 150 extra
 fi
 
 echo
