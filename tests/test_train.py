@@ -302,3 +302,27 @@ def test_eval_without_test_group_uses_the_recorded_validation_split(tmp_path):
     assert ev["accuracy"] == res.history[-1]["val_acc"]
     assert ev["loss"] == res.history[-1]["val_loss"]
     assert res.test is None
+
+
+def test_config_parsing_and_toml_round_trip(tmp_path):
+    from gpunet.config import load_toml, parse_hidden, parse_size
+
+    assert parse_hidden("512,256") == [512, 256] and parse_hidden("none") == []
+    assert parse_size("512MB") == 512 << 20 and parse_size("2g") == 2 << 30
+    assert parse_size("1000") == 1000
+    for bad in ("12 parsecs", "-5", "0"):
+        with pytest.raises(ConfigError):
+            parse_size(bad)
+    with pytest.raises(ConfigError, match="comma-separated integers"):
+        parse_hidden("a,b")
+    cfg = TrainConfig(data="x.h5", optimizer="rmsprop", hidden=[7], memory_budget=1 << 20)
+    r = cfg.resolve()
+    assert (r.lr, r.beta2, r.eps, r.beta1) == (1e-3, 0.99, 1e-8, None)
+    assert r.optimizer_kwargs() == {"lr": 1e-3, "weight_decay": 0.0, "beta2": 0.99, "eps": 1e-8}
+    (tmp_path / "c.toml").write_text(r.to_toml())
+    assert TrainConfig.from_dict(load_toml(tmp_path / "c.toml")) == r
+    with pytest.raises(ConfigError, match="must be an integer"):
+        TrainConfig.from_dict({"epochs": 2.5})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        (tmp_path / "bad.toml").write_text("epochs = = 3")
+        load_toml(tmp_path / "bad.toml")
