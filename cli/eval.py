@@ -16,11 +16,11 @@ def eval_command(
     checkpoint: str = typer.Argument(..., metavar="CHECKPOINT", help="A .h5 checkpoint."),
     data: str | None = typer.Option(
         None, "--data", metavar="FILE",
-        help="Data to evaluate [default: the held-out split recorded in the checkpoint]."),
+        help="Data to evaluate (default: the held-out split recorded in the checkpoint)."),
     split: str | None = typer.Option(
         None, "--split", metavar="test|val|train|all",
-        help="Split of the data [default: the test group if any, else val (no --data) or "
-             "the whole file (--data)]."),
+        help="Split of the data (default: the test group if any, else val (no --data) or "
+             "the whole file with --data)."),
     batch_size: int = typer.Option(1024, "--batch-size", metavar="B",
                                    help="Does not change the result (inference batch norm)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, gpu or gpu:N."),

@@ -42,13 +42,13 @@ def train_command(
                                   help="adam, sgd, momentum or rmsprop."),
     lr: float | None = typer.Option(
         None, "--lr", metavar="A",
-        help="Learning rate [default: adam 2e-3, rmsprop 1e-3, sgd / momentum 0.1]."),
+        help="Learning rate (default: adam 2e-3, rmsprop 1e-3, sgd / momentum 0.1)."),
     beta1: float | None = typer.Option(
-        None, "--beta1", metavar="B", help="Adam beta1 / Momentum beta [default: 0.9]."),
+        None, "--beta1", metavar="B", help="Adam beta1 / Momentum beta (default 0.9)."),
     beta2: float | None = typer.Option(
-        None, "--beta2", metavar="B", help="Adam beta2 [0.999] / RMSprop beta2 [0.99]."),
+        None, "--beta2", metavar="B", help="Adam beta2 (0.999) / RMSprop beta2 (0.99)."),
     eps: float | None = typer.Option(
-        None, "--eps", metavar="E", help="Adam / RMSprop epsilon [default: 1e-8]."),
+        None, "--eps", metavar="E", help="Adam / RMSprop epsilon (default 1e-8)."),
     weight_decay: float = typer.Option(_D.weight_decay, "--weight-decay", metavar="L",
                                        help="L2 on Dense weights (never on BN gamma/beta)."),
     lr_schedule: str = typer.Option(_D.lr_schedule, "--lr-schedule",
@@ -56,7 +56,7 @@ def train_command(
     lr_step_size: int = typer.Option(_D.lr_step_size, "--lr-step-size", metavar="N",
                                      help="step schedule: epochs per decay."),
     lr_gamma: float | None = typer.Option(
-        None, "--lr-gamma", metavar="G", help="step / exp schedule factor [0.1 / 0.95]."),
+        None, "--lr-gamma", metavar="G", help="step / exp schedule factor (0.1 / 0.95)."),
     lr_decay_rate: float = typer.Option(_D.lr_decay_rate, "--lr-decay-rate", metavar="R",
                                         help="inverse schedule: lr0 / (1 + R * epoch)."),
     epochs: int = typer.Option(_D.epochs, "--epochs", metavar="N"),
@@ -72,7 +72,7 @@ def train_command(
     device: str = typer.Option(_D.device, "--device", help="auto, cpu, gpu or gpu:N."),
     out: str | None = typer.Option(
         None, "--out", metavar="DIR",
-        help="Run folder [default: runs/<data>-<YYYYmmdd-HHMMSS>]."),
+        help="Run folder (default: runs/<data>-<YYYYmmdd-HHMMSS>)."),
     resume: str | None = typer.Option(
         None, "--resume", metavar="auto|PATH",
         help="Continue a run: 'auto' uses <out>/last.h5 if present (else starts fresh)."),
