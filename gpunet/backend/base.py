@@ -131,11 +131,13 @@ class Backend:
         return self.xp.tanh(x, out=out)
 
     def tanh_backward(self, dy: Array, y: Array, out: Array | None = None) -> Array:
-        """``dx = dy * (1 - y^2)``."""
+        """``dx = dy * (1 - y^2)``, computed as ``dy * (1 - y) * (1 + y)``: no cancellation
+        near ``|y| = 1``."""
+        xp = self.xp
         out = self._out(out, dy.shape, dy.dtype)
-        self.xp.multiply(y, y, out=out)
-        self.xp.subtract(1, out, out=out)
-        self.xp.multiply(out, dy, out=out)
+        xp.subtract(1, y, out=out)
+        xp.multiply(out, 1 + y, out=out)
+        xp.multiply(out, dy, out=out)
         return out
 
     def sigmoid_forward(self, x: Array, out: Array | None = None) -> Array:
