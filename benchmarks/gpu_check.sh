@@ -200,13 +200,13 @@ if [ -f "$ENVFILE" ]; then
 fi
 step pytest 60 ensure_pytest
 step tests 150 pytest_run tests/test_cupy_backend.py tests/test_backend.py tests/test_layers.py \
-    tests/test_model.py tests/test_torch_parity.py tests/test_optim.py -q -rs -p no:cacheprovider --maxfail=10
+    tests/test_model.py tests/test_torch_parity.py tests/test_optim.py tests/test_step.py -q -rs -p no:cacheprovider --maxfail=10
 KJSON=()
 if [ -n "$OUTDIR" ]; then KJSON=(--json "$OUTDIR/kernels.json"); fi
 step kernels 110 "$PY" benchmarks/kernels.py "${KJSON[@]}"
 step train 60 train_e2e
 if [ -f benchmarks/train_step.py ] || [ -d benchmarks/gpu_check.d ]; then
-    step extra 150 extra
+    step extra 240 extra
 fi
 
 echo

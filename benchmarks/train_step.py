@@ -41,6 +41,7 @@ def cuda_time(fn, steps: int, warmup: int = 5) -> float:
 
 
 def gpunet_variants(batch: int) -> dict:
+    """gpunet's TrainStep eager, graph-captured, and graph-captured with TF32 GEMMs."""
     import cupy
 
     import gpunet as gn
@@ -48,70 +49,26 @@ def gpunet_variants(batch: int) -> dict:
     be = gn.get_backend("gpu")
     rng = np.random.default_rng(0)
     x = be.asarray(rng.standard_normal((batch, SIZES[0])).astype(np.float32))
-    y = be.asarray(rng.integers(0, SIZES[-1], batch).astype(np.int32))
+    y = be.asarray(rng.integers(0, SIZES[-1], batch).astype(np.int64))
     out = {}
-
-    model = gn.MLP(SIZES[0], hidden=list(SIZES[1:-1]), classes=SIZES[-1], backend=be, seed=0)
-    opt = gn.optim.Adam(model, lr=1e-3)
-
-    def eager():
-        logits = model.forward(x, training=True)
-        _, d = be.softmax_cross_entropy(logits, y)
-        model.backward(d)
-        opt.step()
-
-    out["gpunet eager"] = cuda_time(eager, 30)
-
-    step_cls = getattr(gn, "TrainStep", None)
-    if step_cls is not None:  # the graph-captured step (issue 5), when it exists
-        m2 = gn.MLP(SIZES[0], hidden=list(SIZES[1:-1]), classes=SIZES[-1], backend=be, seed=0)
-        ts = step_cls(m2, gn.optim.Adam(m2, lr=1e-3), batch_size=batch, cuda_graph=True)
-        out["gpunet graph"] = cuda_time(lambda: ts.run(x, y), 50)
-    else:
-        out["gpunet graph"] = probe_capture(be, batch, x, y)
+    for name, graph, tf32 in (("gpunet eager", False, False), ("gpunet graph", True, False),
+                              ("gpunet graph tf32", True, True)):
+        model = gn.MLP(SIZES[0], hidden=list(SIZES[1:-1]), classes=SIZES[-1], backend=be,
+                       seed=0)
+        step = gn.TrainStep(model, gn.optim.Adam(model, lr=1e-3), batch_size=batch,
+                            cuda_graph=graph, tf32=tf32)
+        step.x[...] = x
+        step.y[...] = y
+        try:
+            out[name] = cuda_time(step.run, 50)
+            if graph and not step.cuda_graph:
+                print(f"  {name}: not captured ({step.graph_off_reason})")
+        except Exception as exc:  # noqa: BLE001 - report and carry on
+            print(f"  {name} failed: {type(exc).__name__}: {exc}")
+            out[name] = float("nan")
+    be.use_own_gemm(tf32=False)
     cupy.get_default_memory_pool().free_all_blocks()
     return out
-
-
-def probe_capture(be, batch, x, y):
-    """Capture today's eager step as it is into a CUDA graph with a private memory pool, and
-    time its replay (Adam's step count is frozen in it: a feasibility probe, not a feature)."""
-    import cupy
-
-    import gpunet as gn
-
-    model = gn.MLP(SIZES[0], hidden=list(SIZES[1:-1]), classes=SIZES[-1], backend=be, seed=0)
-    opt = gn.optim.Adam(model, lr=1e-3)
-
-    def body():
-        logits = model.forward(x, training=True)
-        _, d = be.softmax_cross_entropy(logits, y)
-        model.backward(d)
-        opt.step()
-
-    body()  # warm up: compile kernels, allocate layer buffers, cuBLAS workspace
-    cupy.cuda.get_current_stream().synchronize()
-    pool = cupy.cuda.MemoryPool()
-    stream = cupy.cuda.Stream(non_blocking=True)
-    try:
-        with cupy.cuda.using_allocator(pool.malloc), stream:
-            stream.begin_capture()
-            try:
-                body()
-            finally:
-                graph = stream.end_capture()
-        graph.upload(stream) if hasattr(graph, "upload") else None
-
-        def replay():
-            graph.launch(stream)
-
-        with stream:
-            ms = cuda_time(replay, 50)
-        print(f"  probe: eager step captured into a CUDA graph and replayed: {ms:.3f} ms")
-        return ms
-    except Exception as exc:  # noqa: BLE001 - a probe reports and carries on
-        print(f"  probe: capture failed: {type(exc).__name__}: {exc}")
-        return float("nan")
 
 
 def torch_variants(batch: int) -> dict:

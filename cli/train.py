@@ -16,7 +16,8 @@ CONFIG_PARAMS = (
     "val", "val_split", "x_key", "y_key", "memory_budget", "hidden", "batchnorm", "dropout",
     "activation", "optimizer", "lr", "beta1", "beta2", "eps", "weight_decay", "lr_schedule",
     "lr_step_size", "lr_gamma", "lr_decay_rate", "epochs", "batch_size", "bn_momentum",
-    "patience", "class_weights", "seed", "device", "out", "save_every",
+    "patience", "class_weights", "seed", "device", "out", "save_every", "cuda_graph", "tf32",
+    "drop_last",
 )
 _D = TrainConfig()
 
@@ -78,6 +79,17 @@ def train_command(
         help="Continue a run: 'auto' uses <out>/last.h5 if present (else starts fresh)."),
     save_every: int = typer.Option(_D.save_every, "--save-every", metavar="N",
                                    help="Also save last.h5 every N steps (0: epoch ends)."),
+    cuda_graph: bool = typer.Option(
+        _D.cuda_graph, "--cuda-graph/--no-cuda-graph",
+        help="On the GPU, record the training step once as a CUDA graph and replay it "
+             "(one launch per step; results equal the eager step's)."),
+    tf32: bool = typer.Option(
+        _D.tf32, "--tf32/--no-tf32",
+        help="On the GPU, let the matrix products use TF32 tensor cores: faster, with "
+             "products rounded to a 10-bit mantissa (a precision trade; off by default)."),
+    drop_last: bool = typer.Option(
+        _D.drop_last, "--drop-last/--no-drop-last",
+        help="Drop each epoch's last partial batch (else it runs outside the CUDA graph)."),
     config: str | None = typer.Option(
         None, "--config", metavar="FILE.toml",
         help="Configuration file; options given on the command line override it."),

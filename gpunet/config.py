@@ -43,7 +43,7 @@ CLASS_WEIGHTS = ("none", "balanced")
 #: keys that fix the model or the data stream; they cannot change when resuming
 IMMUTABLE_ON_RESUME = (
     "x_key", "y_key", "val", "val_split", "seed", "hidden", "batchnorm", "dropout",
-    "activation", "optimizer", "bn_momentum",
+    "activation", "optimizer", "bn_momentum", "drop_last",
 )
 
 
@@ -80,6 +80,9 @@ class TrainConfig:
     device: str = "auto"
     out: str | None = None
     save_every: int = 0
+    cuda_graph: bool = True
+    tf32: bool = False
+    drop_last: bool = False
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -275,7 +278,7 @@ def parse_size(text: str | int) -> int:
 _FLOAT_KEYS = {"val_split", "dropout", "lr", "beta1", "beta2", "eps", "weight_decay",
                "lr_gamma", "lr_decay_rate", "bn_momentum"}
 _INT_KEYS = {"epochs", "batch_size", "patience", "seed", "save_every", "lr_step_size"}
-_BOOL_KEYS = {"batchnorm"}
+_BOOL_KEYS = {"batchnorm", "cuda_graph", "tf32", "drop_last"}
 _STR_KEYS = {"data", "val", "x_key", "y_key", "optimizer", "lr_schedule", "class_weights",
              "device", "out", "activation"}
 

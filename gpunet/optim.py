@@ -101,6 +101,27 @@ def make_schedule(name: str | None, epochs: int = 100, **kw: Any) -> Schedule:
     return table[name](**kw)
 
 
+# ---------------------------------------------------------------------- device scalars
+class DeviceScalars:
+    """The step count ``t`` (int64) and learning rate ``lr`` (float64) in device memory, and
+    the per-step scalars ``sc`` (float32 ``[lr / (1 - beta1^t), 1 - beta2^t]``) derived from
+    them on the device. A training step captured as a CUDA graph reads these, so Adam's bias
+    correction and the learning-rate schedule stay right under replay."""
+
+    def __init__(self, backend: Backend, t: int, lr: float) -> None:
+        self.backend = backend
+        self.t = backend.asarray(np.array([t], dtype=np.int64))
+        self.lr = backend.asarray(np.array([lr], dtype=np.float64))
+        self.sc = backend.zeros((2,), dtype=np.float32)
+
+    def set_lr(self, lr: float) -> None:
+        """Set the learning rate (stream-ordered: steps already queued keep the old one)."""
+        self.lr.fill(float(lr))
+
+    def set_t(self, t: int) -> None:
+        self.t.fill(int(t))
+
+
 # ---------------------------------------------------------------------- optimizers
 class Optimizer:
     """Base: holds ``lr0``, the current ``lr``, the step count ``t`` and the state arrays."""
@@ -141,6 +162,22 @@ class Optimizer:
         self.t += 1
         self._update()
 
+    #: (beta1, beta2) for the device bias-correction factors (0 means none)
+    def _device_betas(self) -> tuple[float, float]:
+        return 0.0, 0.0
+
+    def step_device(self, scalars: DeviceScalars) -> None:
+        """``step()`` with the step count and learning rate read from device memory: on the
+        device ``t += 1`` and the scalars are derived, then the update kernel reads them.
+        Only on a backend with device-scalar kernels (``supports_device_scalars``)."""
+        self.t += 1
+        be = self.backend
+        be.optimizer_scalars(scalars.t, scalars.lr, scalars.sc, *self._device_betas())
+        self._update_device(scalars.sc)
+
+    def _update_device(self, sc: Array) -> None:
+        raise NotImplementedError
+
     def _decay(self) -> tuple[float, Array | None]:
         return self.weight_decay, (self.model.decay_mask if self.weight_decay else None)
 
@@ -179,6 +216,10 @@ class SGD(Optimizer):
         m = self.model
         self.backend.sgd_update(m.params, m.grads, self.lr, *self._decay())
 
+    def _update_device(self, sc: Array) -> None:
+        m = self.model
+        self.backend.sgd_update_dev(m.params, m.grads, sc, *self._decay())
+
 
 class Momentum(Optimizer):
     """``v = beta v + (1 - beta) g``; ``w -= lr v`` (default beta 0.9)."""
@@ -195,6 +236,11 @@ class Momentum(Optimizer):
         m = self.model
         self.backend.momentum_update(m.params, m.grads, self.state["v"], self.lr, self.beta,
                                      *self._decay())
+
+    def _update_device(self, sc: Array) -> None:
+        m = self.model
+        self.backend.momentum_update_dev(m.params, m.grads, self.state["v"], sc, self.beta,
+                                         *self._decay())
 
     def hyperparams(self) -> dict[str, float]:
         return {**super().hyperparams(), "beta": self.beta}
@@ -218,6 +264,11 @@ class RMSprop(Optimizer):
         self.backend.rmsprop_update(m.params, m.grads, self.state["s"], self.lr, self.beta2,
                                     self.eps, *self._decay())
 
+    def _update_device(self, sc: Array) -> None:
+        m = self.model
+        self.backend.rmsprop_update_dev(m.params, m.grads, self.state["s"], sc, self.beta2,
+                                        self.eps, *self._decay())
+
     def hyperparams(self) -> dict[str, float]:
         return {**super().hyperparams(), "beta2": self.beta2, "eps": self.eps}
 
@@ -238,6 +289,14 @@ class Adam(Optimizer):
         m = self.model
         self.backend.adam_update(m.params, m.grads, self.state["m"], self.state["v"], self.lr,
                                  self.beta1, self.beta2, self.eps, self.t, *self._decay())
+
+    def _device_betas(self) -> tuple[float, float]:
+        return self.beta1, self.beta2
+
+    def _update_device(self, sc: Array) -> None:
+        m = self.model
+        self.backend.adam_update_dev(m.params, m.grads, self.state["m"], self.state["v"], sc,
+                                     self.beta1, self.beta2, self.eps, *self._decay())
 
     def hyperparams(self) -> dict[str, float]:
         return {**super().hyperparams(), "beta1": self.beta1, "beta2": self.beta2,

@@ -40,6 +40,7 @@ from .config import IMMUTABLE_ON_RESUME, TrainConfig
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from .model import MLP
 from .optim import make_optimizer, make_schedule
+from .step import TrainStep
 
 #: batch size used for validation and evaluation unless given
 EVAL_BATCH_SIZE = 1024
@@ -110,18 +111,50 @@ def _nll_rows(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
     return lse - z[np.arange(z.shape[0]), y]
 
 
+def _input_batches(be: Backend, source: Any, standardizer: Any, batch_size: int, d: int
+                   ) -> Iterable[tuple[Any, np.ndarray | None]]:
+    """(standardized backend inputs, host labels or None) per batch, in order, from an
+    ``ArraySource`` or a raw host array X (n, ...). On the GPU, in-memory data that fits the
+    device budget is standardized and copied once, and batches are sliced on the device."""
+    if isinstance(source, np.ndarray):
+        X = source.reshape(source.shape[0], -1) if source.ndim != 2 else source
+        labels = None
+    else:
+        X, labels = None, None
+        if getattr(source, "n_features", d) != d:
+            raise DataError(f"the model expects {d} input features but the data has "
+                            f"{source.n_features}")
+        if be.name == "gpu" and getattr(source, "in_memory", False) and \
+                int(source.n) * d * 4 <= _device_budget(be):
+            X, labels = source.arrays()
+            labels = labels if getattr(source, "has_labels", True) else None
+    if X is not None:
+        if X.shape[1] != d:
+            raise DataError(f"the model expects {d} input features but the data has "
+                            f"{X.shape[1]}")
+        X = np.asarray(X, dtype=np.float32)
+        if not np.isfinite(X).all():
+            raise DataError("the input contains NaN or inf values")
+        Xs = standardizer.apply(X) if standardizer is not None else X
+        if be.name == "gpu":
+            Xs = be.asarray(Xs)  # one copy; batches are device slices
+        for i in range(0, X.shape[0], batch_size):
+            yield (be.asarray(Xs[i:i + batch_size]),
+                   None if labels is None else np.asarray(labels[i:i + batch_size]))
+        return
+    for Xb, yb in source.batches(batch_size, shuffle=False):
+        Xs = standardizer.apply(Xb) if standardizer is not None else Xb
+        yield be.asarray(Xs), np.asarray(yb)
+
+
 def _logits_batches(model: MLP, source: Any, standardizer: Any, batch_size: int
                     ) -> Iterable[tuple[np.ndarray, np.ndarray]]:
     """(host float32 logits, labels) per batch, inference mode."""
     be = model.backend
-    d = model.config["in_features"]
-    if getattr(source, "n_features", d) != d:
-        raise DataError(f"the model expects {d} input features but the data has "
-                        f"{source.n_features}")
-    for X, y in source.batches(batch_size, shuffle=False):
-        Xs = standardizer.apply(X) if standardizer is not None else X
-        logits = be.to_host(model.forward(be.asarray(Xs), training=False))
-        yield np.array(logits, dtype=np.float32, copy=True), np.asarray(y)
+    d = int(model.config["in_features"])
+    for xb, yb in _input_batches(be, source, standardizer, batch_size, d):
+        logits = be.to_host(model.forward(xb, training=False))
+        yield np.array(logits, dtype=np.float32, copy=True), yb
 
 
 def evaluate(
@@ -195,23 +228,8 @@ def predict(
     be = model.backend
     d = int(model.config["in_features"])
     out: list[np.ndarray] = []
-    if isinstance(source, np.ndarray):
-        X = source.reshape(source.shape[0], -1) if source.ndim != 2 else source
-        if X.shape[1] != d:
-            raise DataError(f"the model expects {d} input features but the data has "
-                            f"{X.shape[1]}")
-        chunks: Iterable[np.ndarray] = (X[s:s + batch_size] for s in range(0, len(X), batch_size))
-    else:
-        if getattr(source, "n_features", d) != d:
-            raise DataError(f"the model expects {d} input features but the data has "
-                            f"{source.n_features}")
-        chunks = (X for X, _ in source.batches(batch_size, shuffle=False))
-    for X in chunks:
-        X = np.asarray(X, dtype=np.float32)
-        if not np.isfinite(X).all():
-            raise DataError("the input contains NaN or inf values")
-        Xs = standardizer.apply(X) if standardizer is not None else X
-        logits = model.forward(be.asarray(Xs), training=False)
+    for xb, _ in _input_batches(be, source, standardizer, batch_size, d):
+        logits = model.forward(xb, training=False)
         if proba:
             out.append(np.array(be.to_host(be.softmax(logits)), dtype=np.float32))
         else:
@@ -550,6 +568,112 @@ def _class_weights(cfg: TrainConfig, dataset: Any) -> np.ndarray | None:
     return w.astype(np.float32)
 
 
+# ====================================================================== training data feed
+class _HostFeed:
+    """Batches read (and shuffled) by the data layer, standardized on the host, copied to the
+    backend per batch: the CPU path, and the GPU path for data that is not device-resident."""
+
+    def __init__(self, be: Backend, source: Any, standardizer: Any, batch_size: int) -> None:
+        self.be, self.source, self.std, self.b = be, source, standardizer, batch_size
+        self.buf: dict[tuple[int, ...], np.ndarray] = {}
+
+    def _standardized(self, X: np.ndarray) -> np.ndarray:
+        buf = self.buf.get(X.shape)
+        if buf is None:
+            buf = self.buf[X.shape] = np.empty(X.shape, dtype=np.float32)
+        return self.std.apply(X, out=buf)
+
+    def epoch(self, rng: np.random.Generator, drop_last: bool) -> Iterable[tuple[Any, Any]]:
+        for X, y in self.source.batches(self.b, shuffle=True, rng=rng, drop_last=drop_last):
+            yield self.be.asarray(self._standardized(X)), self.be.asarray(y)
+
+
+class _PinnedFeed(_HostFeed):
+    """GPU, data not device-resident: each batch is standardized into one of two pinned host
+    buffers and copied on a second stream while the GPU trains on the previous one; events
+    order the copy before its use and the next overwrite after it (double buffering)."""
+
+    def __init__(self, be: Backend, source: Any, standardizer: Any, batch_size: int) -> None:
+        super().__init__(be, source, standardizer, batch_size)
+        import cupyx
+
+        cp = be.xp
+        d = int(source.n_features)
+        self.copy_stream = cp.cuda.Stream(non_blocking=True)
+        self.px = [cupyx.empty_pinned((batch_size, d), np.float32) for _ in range(2)]
+        self.py = [cupyx.empty_pinned((batch_size,), np.int64) for _ in range(2)]
+        self.dx = [cp.empty((batch_size, d), np.float32) for _ in range(2)]
+        self.dy = [cp.empty((batch_size,), np.int64) for _ in range(2)]
+        self.copied: list[Any] = [None, None]  # copy into slot k done
+        self.used: list[Any] = [None, None]  # compute done with slot k
+
+    def epoch(self, rng: np.random.Generator, drop_last: bool) -> Iterable[tuple[Any, Any]]:
+        cp = self.be.xp
+        for i, (X, y) in enumerate(self.source.batches(self.b, shuffle=True, rng=rng,
+                                                       drop_last=drop_last)):
+            k, n = i % 2, X.shape[0]
+            if self.copied[k] is not None:
+                self.copied[k].synchronize()  # the pinned slot's last copy has left
+            self.std.apply(X, out=self.px[k][:n])
+            self.py[k][:n] = y
+            cs = self.copy_stream
+            if self.used[k] is not None:
+                cs.wait_event(self.used[k])  # the GPU is done with the device slot
+            self.dx[k][:n].set(self.px[k][:n], stream=cs)
+            self.dy[k][:n].set(self.py[k][:n], stream=cs)
+            self.copied[k] = cs.record()
+            compute = cp.cuda.get_current_stream()
+            compute.wait_event(self.copied[k])
+            yield self.dx[k][:n], self.dy[k][:n]
+            self.used[k] = compute.record()
+
+
+class _DeviceFeed:
+    """GPU, data that fits the device budget: standardized once and copied to the device;
+    each epoch's shuffle is a permutation drawn from the same host generator as the data
+    layer's (so the batches equal the CPU path's), and batches are gathered on the device
+    straight into the step's buffers."""
+
+    def __init__(self, be: Backend, source: Any, standardizer: Any, batch_size: int,
+                 step: TrainStep) -> None:
+        X, y = source.arrays()
+        self.be, self.b, self.step, self.n = be, batch_size, step, int(source.n)
+        self.X = be.asarray(standardizer.apply(np.asarray(X, dtype=np.float32)))
+        self.y = be.asarray(np.asarray(y, dtype=np.int64))
+
+    def epoch(self, rng: np.random.Generator, drop_last: bool) -> Iterable[tuple[Any, Any]]:
+        cp = self.be.xp
+        order = self.be.asarray(rng.permutation(self.n))  # as InMemorySource.batches draws it
+        stop = self.n - self.n % self.b if drop_last else self.n
+        for i in range(0, stop, self.b):
+            idx = order[i:i + self.b]
+            if idx.shape[0] == self.b:
+                cp.take(self.X, idx, axis=0, out=self.step.x)
+                cp.take(self.y, idx, axis=0, out=self.step.y)
+                yield self.step.x, self.step.y
+            else:
+                yield self.X[idx], self.y[idx]
+
+
+def _device_budget(be: Backend) -> int:
+    """Bytes of training data to keep on the device: half of its free memory."""
+    try:
+        free, _total = be.xp.cuda.runtime.memGetInfo()
+        return int(free) // 2
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def _make_feed(be: Backend, source: Any, standardizer: Any, batch_size: int,
+               step: TrainStep) -> Any:
+    if be.name != "gpu":
+        return _HostFeed(be, source, standardizer, batch_size)
+    nbytes = int(source.n) * int(source.n_features) * 4
+    if getattr(source, "in_memory", False) and nbytes <= _device_budget(be):
+        return _DeviceFeed(be, source, standardizer, batch_size, step)
+    return _PinnedFeed(be, source, standardizer, batch_size)
+
+
 def fit(
     config: TrainConfig | dict[str, Any],
     backend: Backend | str | None = None,
@@ -709,54 +833,53 @@ def fit(
     say("start", {"epochs": cfg.epochs, "start_epoch": epoch, "batches": n_batches,
                   "n_train": n_train, "resumed": ck is not None, "out": str(out),
                   "device": be.name, "params": model.num_params, "finished": finished})
-    xp = be.xp
     acc_loss, acc_correct, acc_count, acc_seconds = acc_loss0, acc_correct0, acc_count0, \
         acc_seconds0
     check_each_step = be.name == "cpu"
-    x_buf: dict[tuple[int, ...], np.ndarray] = {}
+    stepper = TrainStep(model, opt, cfg.batch_size, class_weights=cw,
+                        cuda_graph=cfg.cuda_graph, tf32=cfg.tf32)
+    feed = _make_feed(be, ds.train, standardizer, cfg.batch_size, stepper)
+    drop_last = drop_last or cfg.drop_last
 
     # overflow to inf / NaN is detected and reported as TrainingDiverged, not warned about
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         while not finished and epoch < cfg.epochs:
             lr = opt.set_epoch(epoch)
+            stepper.set_lr(lr)
             t0 = time.perf_counter()
             skip = batch_done
-            loss_sum = xp.zeros((), dtype=xp.float64) + acc_loss
-            correct = xp.zeros((), dtype=xp.int64) + acc_correct
+            stepper.reset_sums(acc_loss, acc_correct)
             count = acc_count
             train_time = 0.0
             say("epoch_start", {"epoch": epoch + 1, "lr": lr, "skip": skip})
-            for bi, (X, y) in enumerate(ds.train.batches(cfg.batch_size, shuffle=True,
-                                                        rng=shuffle_rng, drop_last=drop_last)):
+            for bi, (xb, yb) in enumerate(feed.epoch(shuffle_rng, drop_last)):
                 if bi < skip:
                     continue
                 tb = time.perf_counter()
-                buf = x_buf.get(X.shape)
-                if buf is None:
-                    buf = x_buf[X.shape] = np.empty(X.shape, dtype=np.float32)
-                xb = be.asarray(standardizer.apply(X, out=buf))
-                yb = be.asarray(y)
-                logits = model.forward(xb, training=True)
-                correct += (logits.argmax(axis=1) == yb).sum()
-                loss, dlogits = be.softmax_cross_entropy(logits, yb, cw)
+                nb = int(xb.shape[0])
+                if nb == cfg.batch_size:
+                    loss = stepper.run(xb, yb)
+                else:
+                    loss = stepper.run_eager(xb, yb)
                 if check_each_step and not math.isfinite(float(loss)):
                     raise diverged(f"at epoch {epoch + 1}, step {step + 1}", float(loss))
-                loss_sum += loss.astype(xp.float64) * X.shape[0]
-                model.backward(dlogits)
-                opt.step()
                 step += 1
-                count += X.shape[0]
+                count += nb
                 batch_done = bi + 1
                 train_time += time.perf_counter() - tb
                 say("batch", {"epoch": epoch + 1, "batch": batch_done, "batches": n_batches})
                 if cfg.save_every and step % cfg.save_every == 0 and batch_done < n_batches:
-                    acc_loss, acc_correct, acc_count = float(loss_sum), int(correct), count
+                    acc_loss, acc_correct = stepper.sums()
+                    acc_count = count
                     if not math.isfinite(acc_loss):
                         raise diverged(f"in epoch {epoch + 1}", acc_loss)
                     acc_seconds = acc_seconds0 + (time.perf_counter() - t0)
                     ckpt_mod.save(last_path, snapshot("running"))
+            loss_sum, correct = stepper.sums()
+            if be.name == "gpu":  # steps run asynchronously: count until they finished
+                train_time = time.perf_counter() - t0
             # ------------------------------------------------------------ epoch end
-            acc_loss, acc_correct, acc_count = float(loss_sum), int(correct), count
+            acc_loss, acc_correct, acc_count = loss_sum, correct, count
             if not math.isfinite(acc_loss):
                 raise diverged(f"in epoch {epoch + 1}", acc_loss)
             train_loss = acc_loss / max(count, 1)

@@ -13,6 +13,11 @@
 //             c2 = 1 - beta2^t  (both computed on the host in double, passed as float32)
 //
 // Each thread walks the buffer with a grid stride; n is a 64-bit count.
+//
+// Device-scalar variants (suffix _dev) read the step's scalars from device memory, so that a
+// captured CUDA graph replays with the current values: sc[0] is lr (Adam: lr_c1) and sc[1] is
+// c2, written by opt_scalars, which also advances the device step counter. The _dev kernels
+// share their bodies with the host-scalar kernels: the same scalars give the same bits.
 
 __device__ __forceinline__ float opt_grad(const float* __restrict__ g,
                                           const float* __restrict__ w,
@@ -25,9 +30,9 @@ __device__ __forceinline__ float opt_grad(const float* __restrict__ g,
     return gi;
 }
 
-extern "C" __global__ void sgd_update(float* __restrict__ w, const float* __restrict__ g,
-                                      const float* __restrict__ mask, long long n, float lr,
-                                      float decay, int decay_mode)
+__device__ __forceinline__ void sgd_body(float* __restrict__ w, const float* __restrict__ g,
+                                         const float* __restrict__ mask, long long n, float lr,
+                                         float decay, int decay_mode)
 {
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
@@ -36,11 +41,12 @@ extern "C" __global__ void sgd_update(float* __restrict__ w, const float* __rest
     }
 }
 
-extern "C" __global__ void momentum_update(float* __restrict__ w, const float* __restrict__ g,
-                                           float* __restrict__ v,
-                                           const float* __restrict__ mask, long long n,
-                                           float lr, float beta, float one_minus_beta,
-                                           float decay, int decay_mode)
+__device__ __forceinline__ void momentum_body(float* __restrict__ w,
+                                              const float* __restrict__ g,
+                                              float* __restrict__ v,
+                                              const float* __restrict__ mask, long long n,
+                                              float lr, float beta, float one_minus_beta,
+                                              float decay, int decay_mode)
 {
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
@@ -51,11 +57,11 @@ extern "C" __global__ void momentum_update(float* __restrict__ w, const float* _
     }
 }
 
-extern "C" __global__ void rmsprop_update(float* __restrict__ w, const float* __restrict__ g,
-                                          float* __restrict__ s,
-                                          const float* __restrict__ mask, long long n,
-                                          float lr, float beta2, float one_minus_beta2,
-                                          float eps, float decay, int decay_mode)
+__device__ __forceinline__ void rmsprop_body(float* __restrict__ w, const float* __restrict__ g,
+                                             float* __restrict__ s,
+                                             const float* __restrict__ mask, long long n,
+                                             float lr, float beta2, float one_minus_beta2,
+                                             float eps, float decay, int decay_mode)
 {
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
@@ -66,12 +72,12 @@ extern "C" __global__ void rmsprop_update(float* __restrict__ w, const float* __
     }
 }
 
-extern "C" __global__ void adam_update(float* __restrict__ w, const float* __restrict__ g,
-                                       float* __restrict__ m, float* __restrict__ v,
-                                       const float* __restrict__ mask, long long n, float lr_c1,
-                                       float beta1, float one_minus_beta1, float beta2,
-                                       float one_minus_beta2, float c2, float eps, float decay,
-                                       int decay_mode)
+__device__ __forceinline__ void adam_body(float* __restrict__ w, const float* __restrict__ g,
+                                          float* __restrict__ m, float* __restrict__ v,
+                                          const float* __restrict__ mask, long long n,
+                                          float lr_c1, float beta1, float one_minus_beta1,
+                                          float beta2, float one_minus_beta2, float c2,
+                                          float eps, float decay, int decay_mode)
 {
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
@@ -82,4 +88,97 @@ extern "C" __global__ void adam_update(float* __restrict__ w, const float* __res
         v[i] = vi;
         w[i] = w[i] - (lr_c1 * mi) / (sqrtf(vi / c2) + eps);
     }
+}
+
+// ---------------------------------------------------------------- host scalars
+extern "C" __global__ void sgd_update(float* __restrict__ w, const float* __restrict__ g,
+                                      const float* __restrict__ mask, long long n, float lr,
+                                      float decay, int decay_mode)
+{
+    sgd_body(w, g, mask, n, lr, decay, decay_mode);
+}
+
+extern "C" __global__ void momentum_update(float* __restrict__ w, const float* __restrict__ g,
+                                           float* __restrict__ v,
+                                           const float* __restrict__ mask, long long n,
+                                           float lr, float beta, float one_minus_beta,
+                                           float decay, int decay_mode)
+{
+    momentum_body(w, g, v, mask, n, lr, beta, one_minus_beta, decay, decay_mode);
+}
+
+extern "C" __global__ void rmsprop_update(float* __restrict__ w, const float* __restrict__ g,
+                                          float* __restrict__ s,
+                                          const float* __restrict__ mask, long long n,
+                                          float lr, float beta2, float one_minus_beta2,
+                                          float eps, float decay, int decay_mode)
+{
+    rmsprop_body(w, g, s, mask, n, lr, beta2, one_minus_beta2, eps, decay, decay_mode);
+}
+
+extern "C" __global__ void adam_update(float* __restrict__ w, const float* __restrict__ g,
+                                       float* __restrict__ m, float* __restrict__ v,
+                                       const float* __restrict__ mask, long long n, float lr_c1,
+                                       float beta1, float one_minus_beta1, float beta2,
+                                       float one_minus_beta2, float c2, float eps, float decay,
+                                       int decay_mode)
+{
+    adam_body(w, g, m, v, mask, n, lr_c1, beta1, one_minus_beta1, beta2, one_minus_beta2, c2,
+              eps, decay, decay_mode);
+}
+
+// ---------------------------------------------------------------- device scalars
+// One thread: t += 1; sc[0] = lr / (1 - beta1^t), sc[1] = 1 - beta2^t, in double as the host
+// computes them (beta = 0 gives a factor of exactly 1: SGD, Momentum, RMSprop).
+extern "C" __global__ void opt_scalars(long long* __restrict__ t, const double* __restrict__ lr,
+                                       float* __restrict__ sc, double beta1, double beta2)
+{
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    const long long step = t[0] + 1;
+    t[0] = step;
+    const double c1 = beta1 > 0.0 ? 1.0 - pow(beta1, (double)step) : 1.0;
+    const double c2 = beta2 > 0.0 ? 1.0 - pow(beta2, (double)step) : 1.0;
+    sc[0] = (float)(lr[0] / c1);
+    sc[1] = (float)c2;
+}
+
+extern "C" __global__ void sgd_update_dev(float* __restrict__ w, const float* __restrict__ g,
+                                          const float* __restrict__ mask, long long n,
+                                          const float* __restrict__ sc, float decay,
+                                          int decay_mode)
+{
+    sgd_body(w, g, mask, n, sc[0], decay, decay_mode);
+}
+
+extern "C" __global__ void momentum_update_dev(float* __restrict__ w,
+                                               const float* __restrict__ g,
+                                               float* __restrict__ v,
+                                               const float* __restrict__ mask, long long n,
+                                               const float* __restrict__ sc, float beta,
+                                               float one_minus_beta, float decay, int decay_mode)
+{
+    momentum_body(w, g, v, mask, n, sc[0], beta, one_minus_beta, decay, decay_mode);
+}
+
+extern "C" __global__ void rmsprop_update_dev(float* __restrict__ w,
+                                              const float* __restrict__ g,
+                                              float* __restrict__ s,
+                                              const float* __restrict__ mask, long long n,
+                                              const float* __restrict__ sc, float beta2,
+                                              float one_minus_beta2, float eps, float decay,
+                                              int decay_mode)
+{
+    rmsprop_body(w, g, s, mask, n, sc[0], beta2, one_minus_beta2, eps, decay, decay_mode);
+}
+
+extern "C" __global__ void adam_update_dev(float* __restrict__ w, const float* __restrict__ g,
+                                           float* __restrict__ m, float* __restrict__ v,
+                                           const float* __restrict__ mask, long long n,
+                                           const float* __restrict__ sc, float beta1,
+                                           float one_minus_beta1, float beta2,
+                                           float one_minus_beta2, float eps, float decay,
+                                           int decay_mode)
+{
+    adam_body(w, g, m, v, mask, n, sc[0], beta1, one_minus_beta1, beta2, one_minus_beta2,
+              sc[1], eps, decay, decay_mode);
 }

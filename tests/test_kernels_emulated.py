@@ -290,6 +290,49 @@ def test_optimizers(xp, launch, size, decay, masked):
         assert R.relerr(m, mm) < TOL and R.relerr(v, vv) < TOL
 
 
+@pytest.mark.parametrize("opt", ["sgd", "momentum", "rmsprop", "adam"])
+def test_device_scalar_kernels_equal_host_scalar_ones(xp, launch, opt):
+    """opt_scalars advances the device step count and derives the scalars as the host does,
+    and each ``*_dev`` kernel then gives the host-scalar kernel's bits (CUDA-graph replay)."""
+    rng = np.random.default_rng(7)
+    size, lr, b1, b2 = 37, 0.01, 0.9, 0.999
+    w0 = _f32(rng, size)
+    g = xp.array(_f32(rng, size))
+    mask = xp.array((rng.random(size) < 0.5).astype(np.float32))
+    t = xp.array(np.array([4], dtype=np.int64))
+    lr_dev = xp.array(np.array([lr], dtype=np.float64))
+    sc = xp.array(np.zeros(2, dtype=np.float32))
+    betas = (b1, b2) if opt == "adam" else (0.0, 0.0)
+    for step in (5, 6):
+        cb.opt_scalars(launch, t, lr_dev, sc, *betas)
+        assert int(t[0]) == step
+        if opt == "adam":
+            assert sc[0] == np.float32(lr / (1 - b1**step))
+            assert sc[1] == np.float32(1 - b2**step)
+        else:
+            assert sc[0] == np.float32(lr) and sc[1] == 1.0
+        states = [xp.array(_f32(rng, size, 0, 0.1)) for _ in range(2)]
+        results = []
+        for dev in (False, True):
+            w = xp.array(w0)
+            st = [xp.array(a) for a in states]
+            kw = {"sc": sc} if dev else {}
+            if opt == "sgd":
+                cb.opt_sgd(launch, CFG, w, g, lr, 0.01, mask, **kw)
+            elif opt == "momentum":
+                cb.opt_momentum(launch, CFG, w, g, st[0], lr, 0.9, 0.01, mask, **kw)
+            elif opt == "rmsprop":
+                st[1] = xp.array(np.abs(np.asarray(st[1])))
+                cb.opt_rmsprop(launch, CFG, w, g, st[1], lr, 0.99, 1e-8, 0.01, mask, **kw)
+            else:
+                st[1] = xp.array(np.abs(np.asarray(st[1])))
+                cb.opt_adam(launch, CFG, w, g, st[0], st[1], lr, b1, b2, 1e-8, step, 0.01, mask,
+                            **kw)
+            results.append([np.asarray(w).copy()] + [np.asarray(a).copy() for a in st])
+        for host_arr, dev_arr in zip(*results, strict=True):
+            np.testing.assert_array_equal(host_arr, dev_arr)
+
+
 # ------------------------------------------------------------------ determinism
 def test_repeat_runs_are_bit_identical(launch):
     rng = np.random.default_rng(99)

@@ -239,53 +239,79 @@ def _decay_args(g: Array, decay: float, decay_mask: Array | None) -> tuple[Array
     return decay_mask, f32(decay), i32(2)
 
 
+def opt_scalars(launch: Launcher, t: Array, lr: Array, sc: Array, beta1: float,
+                beta2: float) -> None:
+    """On the device: ``t += 1``; ``sc = [lr / (1 - beta1^t), 1 - beta2^t]`` (a beta of 0 gives
+    a factor of 1). ``t`` is int64 (1,), ``lr`` float64 (1,), ``sc`` float32 (2,)."""
+    launch("optim.cu", "opt_scalars", (1, 1, 1), (1, 1, 1),
+           (t, lr, sc, np.float64(beta1), np.float64(beta2)))
+
+
+def _lr_args(name: str, lr: float, sc: Array | None) -> tuple[str, tuple]:
+    """The kernel name and its learning-rate argument: a host float32, or with ``sc`` the
+    device scalars of ``opt_scalars`` (the ``_dev`` kernel)."""
+    return (name, (f32(lr),)) if sc is None else (name + "_dev", (sc,))
+
+
 def opt_sgd(launch: Launcher, cfg: LaunchConfig, w: Array, g: Array, lr: float, decay: float,
-            decay_mask: Array | None) -> None:
+            decay_mask: Array | None, sc: Array | None = None) -> None:
     n = w.size
     if n == 0:
         return
     mask, d, mode = _decay_args(g, decay, decay_mask)
     grid, block = _ew_grid(n, cfg)
-    launch("optim.cu", "sgd_update", grid, block, (w, g, mask, i64(n), f32(lr), d, mode))
+    name, lr_arg = _lr_args("sgd_update", lr, sc)
+    launch("optim.cu", name, grid, block, (w, g, mask, i64(n), *lr_arg, d, mode))
 
 
 def opt_momentum(launch: Launcher, cfg: LaunchConfig, w: Array, g: Array, v: Array, lr: float,
-                 beta: float, decay: float, decay_mask: Array | None) -> None:
+                 beta: float, decay: float, decay_mask: Array | None,
+                 sc: Array | None = None) -> None:
     n = w.size
     if n == 0:
         return
     mask, d, mode = _decay_args(g, decay, decay_mask)
     grid, block = _ew_grid(n, cfg)
-    launch("optim.cu", "momentum_update", grid, block,
-           (w, g, v, mask, i64(n), f32(lr), f32(beta), f32(1.0 - float(beta)), d, mode))
+    name, lr_arg = _lr_args("momentum_update", lr, sc)
+    launch("optim.cu", name, grid, block,
+           (w, g, v, mask, i64(n), *lr_arg, f32(beta), f32(1.0 - float(beta)), d, mode))
 
 
 def opt_rmsprop(launch: Launcher, cfg: LaunchConfig, w: Array, g: Array, s: Array, lr: float,
-                beta2: float, eps: float, decay: float, decay_mask: Array | None) -> None:
+                beta2: float, eps: float, decay: float, decay_mask: Array | None,
+                sc: Array | None = None) -> None:
     n = w.size
     if n == 0:
         return
     mask, d, mode = _decay_args(g, decay, decay_mask)
     grid, block = _ew_grid(n, cfg)
-    launch("optim.cu", "rmsprop_update", grid, block,
-           (w, g, s, mask, i64(n), f32(lr), f32(beta2), f32(1.0 - float(beta2)), f32(eps), d,
+    name, lr_arg = _lr_args("rmsprop_update", lr, sc)
+    launch("optim.cu", name, grid, block,
+           (w, g, s, mask, i64(n), *lr_arg, f32(beta2), f32(1.0 - float(beta2)), f32(eps), d,
             mode))
 
 
 def opt_adam(launch: Launcher, cfg: LaunchConfig, w: Array, g: Array, m: Array, v: Array,
              lr: float, beta1: float, beta2: float, eps: float, step: int, decay: float,
-             decay_mask: Array | None) -> None:
+             decay_mask: Array | None, sc: Array | None = None) -> None:
+    """With ``sc`` (device scalars from ``opt_scalars``) ``lr`` and ``step`` are unused."""
     n = w.size
     if n == 0:
         return
     mask, d, mode = _decay_args(g, decay, decay_mask)
     b1, b2 = float(beta1), float(beta2)
-    c1 = 1.0 - b1**step
-    c2 = 1.0 - b2**step
     grid, block = _ew_grid(n, cfg)
-    launch("optim.cu", "adam_update", grid, block,
-           (w, g, m, v, mask, i64(n), f32(lr / c1), f32(b1), f32(1.0 - b1), f32(b2),
-            f32(1.0 - b2), f32(c2), f32(eps), d, mode))
+    tail = (f32(eps), d, mode)
+    if sc is None:
+        c1 = 1.0 - b1**step
+        c2 = 1.0 - b2**step
+        launch("optim.cu", "adam_update", grid, block,
+               (w, g, m, v, mask, i64(n), f32(lr / c1), f32(b1), f32(1.0 - b1), f32(b2),
+                f32(1.0 - b2), f32(c2), *tail))
+    else:
+        launch("optim.cu", "adam_update_dev", grid, block,
+               (w, g, m, v, mask, i64(n), sc, f32(b1), f32(1.0 - b1), f32(b2), f32(1.0 - b2),
+                *tail))
 
 
 # ------------------------------------------------------------------ backend
@@ -457,6 +483,71 @@ class CupyBackend(Backend):
                                        decay_mask)
         opt_adam(self._launch, self.launch_config, w, g, m, v, lr, beta1, beta2, eps, step,
                  decay, decay_mask)
+
+    # ------------------------------------------------------------------ device scalars
+    # For a step replayed as a CUDA graph: the step count and learning rate live in device
+    # memory (see gpunet.optim.DeviceScalars); opt_scalars advances them inside the graph.
+    def optimizer_scalars(self, t: Array, lr: Array, sc: Array, beta1: float,
+                          beta2: float) -> None:
+        """``t += 1``; ``sc = [lr / (1 - beta1^t), 1 - beta2^t]``, on the device."""
+        opt_scalars(self._launch, t, lr, sc, beta1, beta2)
+
+    def sgd_update_dev(self, w: Array, g: Array, sc: Array, decay: float = 0.0,
+                       decay_mask: Array | None = None) -> None:
+        opt_sgd(self._launch, self.launch_config, w, g, 0.0, decay, decay_mask, sc=sc)
+
+    def momentum_update_dev(self, w: Array, g: Array, v: Array, sc: Array, beta: float,
+                            decay: float = 0.0, decay_mask: Array | None = None) -> None:
+        opt_momentum(self._launch, self.launch_config, w, g, v, 0.0, beta, decay, decay_mask,
+                     sc=sc)
+
+    def rmsprop_update_dev(self, w: Array, g: Array, s: Array, sc: Array, beta2: float,
+                           eps: float, decay: float = 0.0,
+                           decay_mask: Array | None = None) -> None:
+        opt_rmsprop(self._launch, self.launch_config, w, g, s, 0.0, beta2, eps, decay,
+                    decay_mask, sc=sc)
+
+    def adam_update_dev(self, w: Array, g: Array, m: Array, v: Array, sc: Array, beta1: float,
+                        beta2: float, eps: float, decay: float = 0.0,
+                        decay_mask: Array | None = None) -> None:
+        opt_adam(self._launch, self.launch_config, w, g, m, v, 0.0, beta1, beta2, eps, 0, decay,
+                 decay_mask, sc=sc)
+
+    def supports_device_scalars(self, *flat: Array | None) -> bool:
+        """Whether the ``*_dev`` kernels take these flat arrays (float32, contiguous, here)."""
+        return self._ok_flat(*flat)
+
+    # ------------------------------------------------------------------ GEMM
+    def matmul(self, a: Array, b: Array, out: Array | None = None) -> Array:
+        """``a @ b``; through gpunet's own cuBLAS handle when ``use_own_gemm`` is on (the
+        only GEMM a CUDA-graph capture can record), else ``cupy.matmul``."""
+        gemm = self.gemm
+        if gemm is not None and out is not None and gemm.accepts(a, b, out):
+            gemm(a, b, out)
+            return out
+        return super().matmul(a, b, out=out)
+
+    gemm: Any = None
+
+    def use_own_gemm(self, tf32: bool = False) -> bool:
+        """Route matmuls through a cuBLAS handle gpunet owns (stream, workspace and math mode
+        set by gpunet), so that they can be captured in a CUDA graph. ``tf32=True`` lets cuBLAS
+        use TF32 tensor cores (faster, ~10-bit mantissa products). Returns False, leaving
+        ``cupy.matmul`` in place, when libcublas cannot be loaded."""
+        from .cublas import CublasGemm
+
+        if self.gemm is None:
+            try:
+                with self.device:
+                    self.gemm = CublasGemm(self.xp)
+            except Exception as exc:  # noqa: BLE001 - any failure keeps cupy.matmul
+                import warnings
+
+                warnings.warn(f"gpunet: own cuBLAS handle unavailable ({exc}); CUDA graphs off",
+                              RuntimeWarning, stacklevel=2)
+                return False
+        self.gemm.set_tf32(tf32)
+        return True
 
     def __repr__(self) -> str:
         return f"CupyBackend(device={self.device_id})"

@@ -52,7 +52,7 @@ def compiler() -> str | None:
 class Param:
     decl: str
     name: str
-    kind: str  # "ptr" | "f32" | "i32" | "i64" | "u32"
+    kind: str  # "ptr" | "f32" | "f64" | "i32" | "i64" | "u32"
     pointee: str = ""  # "float" | "long long" for pointers
 
 
@@ -66,7 +66,7 @@ def _parse_param(decl: str) -> Param:
     if "*" in t:
         base = t.replace("*", "").strip()
         return Param(decl, name, "ptr", base)
-    kinds = {"float": "f32", "int": "i32", "long long": "i64", "unsigned": "u32",
+    kinds = {"float": "f32", "double": "f64", "int": "i32", "long long": "i64", "unsigned": "u32",
              "unsigned int": "u32"}
     if t not in kinds:
         raise ValueError(f"unsupported kernel parameter type {t!r} in {decl!r}")
@@ -111,10 +111,12 @@ def _wrapper_source(file: str, kernels: dict[str, list[Param]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-_CTYPES = {"ptr": ctypes.c_void_p, "f32": ctypes.c_float, "i32": ctypes.c_int,
+_CTYPES = {"ptr": ctypes.c_void_p, "f32": ctypes.c_float, "f64": ctypes.c_double,
+           "i32": ctypes.c_int,
            "i64": ctypes.c_longlong, "u32": ctypes.c_uint}
-_SCALAR = {"f32": np.float32, "i32": np.int32, "i64": np.int64, "u32": np.uint32}
-_POINTEE = {"float": np.float32, "long long": np.int64, "int": np.int32}
+_SCALAR = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "i64": np.int64, "u32": np.uint32}
+_POINTEE = {"float": np.float32, "double": np.float64, "long long": np.int64,
+            "int": np.int32}
 
 
 class EmuModule:
