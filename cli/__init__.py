@@ -82,8 +82,10 @@ def _register() -> None:
     from .eval import eval_command, predict_command
     from .info import info_command
     from .train import train_command
+    from .tune import tune_command
 
     app.command("train")(train_command)
+    app.command("tune")(tune_command)
     app.command("eval")(eval_command)
     app.command("predict")(predict_command)
     app.command("info")(info_command)

@@ -1,0 +1,150 @@
+"""``gpunet tune``: a thin wrapper over ``gpunet.tune.tune``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+
+from gpunet.config import TrainConfig, load_toml
+
+
+def tune_command(
+    data: str = typer.Argument(..., metavar="DATA",
+                               help="An .h5 file, or a bundled dataset name (digits)."),
+    trials: int = typer.Option(..., "--trials", metavar="N",
+                               help="The study's total of finished trials, counted across "
+                                    "workers and resumes (failed trials do not count)."),
+    rounds: int = typer.Option(1, "--rounds", metavar="K",
+                               help="Coarse to fine: each round shrinks every numeric range "
+                                    "around the previous round's best trials."),
+    epochs: int = typer.Option(10, "--epochs", metavar="N", help="Epochs per trial."),
+    space: str | None = typer.Option(
+        None, "--space", metavar="FILE.toml",
+        help="Search space (default: lr, batch size, width, depth, lr decay; momentum beta "
+             "with --optimizer momentum)."),
+    config: str | None = typer.Option(
+        None, "--config", metavar="FILE.toml",
+        help="Base training configuration (what the baseline trial trains)."),
+    optimizer: str | None = typer.Option(None, "--optimizer",
+                                         help="adam, sgd, momentum or rmsprop."),
+    storage: str | None = typer.Option(
+        None, "--storage", metavar="URL",
+        help="Optuna storage: a journal file (default <out>/study.journal) or a URL such as "
+             "postgresql://... or sqlite:///tune.db."),
+    study: str | None = typer.Option(None, "--study", metavar="NAME",
+                                     help="Study name (default: the data's name)."),
+    out: str | None = typer.Option(None, "--out", metavar="DIR",
+                                   help="Folder for best.toml and trial runs "
+                                        "(default runs/tune-<study>)."),
+    seed: int | None = typer.Option(None, "--seed", metavar="S",
+                                    help="Seeds the search, the split and every trial."),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu, gpu or gpu:N."),
+    val_split: float | None = typer.Option(None, "--val-split", metavar="F",
+                                           help="Held-out validation fraction."),
+    x_key: str | None = typer.Option(None, "--x-key", metavar="K"),
+    y_key: str | None = typer.Option(None, "--y-key", metavar="K"),
+    pruner: str = typer.Option("none", "--pruner", help="median or none."),
+    baseline: bool = typer.Option(True, "--baseline/--no-baseline",
+                                  help="Train the base configuration as the first trial."),
+    top: int = typer.Option(10, "--top", metavar="N", help="Rows of the table of best trials."),
+    plot: str | None = typer.Option(
+        None, "--plot", metavar="FILE.png",
+        help="Plot validation accuracy against the learning rate (needs matplotlib)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final table."),
+) -> None:
+    """Random hyperparameter search on the right scales, coarse to fine, in an Optuna study
+    that several workers can share; writes the best configuration as TOML."""
+    from gpunet.tune import tune
+
+    base: dict[str, Any] = load_toml(config) if config is not None else {}
+    for key, value in (("optimizer", optimizer), ("val_split", val_split), ("x_key", x_key),
+                       ("y_key", y_key)):
+        if value is not None:
+            base[key] = value
+    if val_split is not None:
+        base["val"] = None
+    cfg = TrainConfig.from_dict(base, source=f"config file {config}" if config else "options")
+    show = not (json_out or quiet)
+    res = tune(data, trials, rounds=rounds, epochs=epochs, space=space, config=cfg,
+               storage=storage, study=study, out=out, seed=seed, device=device, pruner=pruner,
+               baseline=baseline, plot=plot, callback=_printer() if show else None)
+    if json_out:
+        typer.echo(json.dumps(res.summary(top=top)))
+        return
+    print_table(res, top)
+
+
+def _printer() -> Any:
+    from gpunet.tune import fmt_value
+
+    def say(event: str, info: dict[str, Any]) -> None:
+        if event == "start":
+            typer.echo(f"study {info['study']!r} in {info['storage']}: {info['trials']} trials, "
+                       f"{info['rounds']} round(s), {info['epochs']} epochs each, "
+                       f"{info['n_train']} training / {info['n_val']} validation samples")
+            typer.echo("space: " + "; ".join(info["space"]))
+        elif event == "round":
+            typer.echo(f"round {info['round']}/{info['rounds']}: shrinking the ranges "
+                       f"{info['note']}:")
+            for name, old, new in info["changes"]:
+                typer.echo(f"  {name}: {old} -> {new}")
+        elif event == "wait":
+            typer.echo(f"round {info['round']} waits for trials {info['running']} of the "
+                       "previous round")
+        elif event == "stale":
+            typer.echo(f"trial {info['number']}: its worker is gone; marked failed")
+        elif event == "trial":
+            vals = "  ".join(f"{k} {fmt_value(v)}" for k, v in info["values"].items())
+            head = f"trial {info['number']:>3} (round {info['round']}/{info['rounds']}"
+            head += ", baseline)" if info["baseline"] else ")"
+            if info["state"] == "COMPLETE":
+                typer.echo(f"{head}  val_acc {info['value']:.4f}  {vals}  "
+                           f"{info.get('seconds', 0):.1f}s")
+            else:
+                typer.echo(f"{head}  {info['state'].lower()}: {info['error']}  {vals}")
+
+    return say
+
+
+def print_table(res: Any, top: int) -> None:
+    """The rich table of the best trials, then where the best configuration went."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from gpunet.tune import fmt_value
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)   # logs: one line per row, no squeezed columns
+    rows = res.finished[:max(top, 0)]
+    names: list[str] = []
+    for r in rows:
+        for k in r.values:
+            if k not in names:
+                names.append(k)
+    t = Table(title=f"best trials of study {res.study!r} ({res.count('COMPLETE')} complete, "
+                    f"{res.count('PRUNED')} pruned, {res.count('FAIL')} failed)")
+    for col in ["#", "round", "val acc", "val loss", *names, "s"]:
+        t.add_column(col, justify="right", no_wrap=True)
+    for i, r in enumerate(rows):
+        t.add_row(str(r.number) + (" *" if i == 0 else ""),
+                  "base" if r.baseline else str(r.round + 1), f"{r.value:.4f}",
+                  "-" if r.val_loss is None else f"{r.val_loss:.4f}",
+                  *[fmt_value(r.values.get(k, "-")) for k in names],
+                  "-" if r.seconds is None else f"{r.seconds:.1f}")
+    console.print(t)
+    best, base = res.best, res.baseline
+    if best is not None and base is not None:
+        console.print(f"best val_acc {best.value:.4f} (trial {best.number}) vs baseline "
+                      f"{base.value:.4f} ({best.value - base.value:+.4f})", highlight=False)
+    if res.note:
+        console.print(f"note: {res.note}", highlight=False)
+    if res.best_config is not None:
+        console.print(f"best configuration: {res.best_config} (gpunet train --config "
+                      f"{res.best_config})", highlight=False)
+    if res.plot is not None:
+        console.print(f"plot: {res.plot}", highlight=False)
+    console.print(f"{res.seconds:.1f}s", highlight=False)
