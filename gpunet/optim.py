@@ -162,8 +162,8 @@ class Optimizer:
         self.t += 1
         self._update()
 
-    #: (beta1, beta2) for the device bias-correction factors (0 means none)
     def _device_betas(self) -> tuple[float, float]:
+        """(beta1, beta2) of the bias-correction factors ``1 - beta^t`` (0: none)."""
         return 0.0, 0.0
 
     def step_device(self, scalars: DeviceScalars) -> None:
