@@ -2,18 +2,26 @@
 
 Model: MLP 784-1024-1024-10, BatchNorm + ReLU, Adam, batch 512, float32 (DESIGN section 9).
 Baseline: PyTorch CPU on the same model when torch is importable, else a plain NumPy loop
-written the obvious way. Both get the same number of threads. Prints samples/s for each and
-the ratio gpunet / baseline; ``--json PATH`` writes the numbers.
+written the obvious way. Both get the same number of threads. Each side runs in its own worker
+process (so neither pays for the other's idle, spinning BLAS / OpenMP threads), and the two
+take turns: ``repeats`` rounds of ``steps`` steps each, alternating which goes first, so drift
+and noise from a shared machine hit both alike. Prints the best round's samples/s for each (the
+least disturbed; the median beside it) and the ratio gpunet / baseline; ``--json PATH`` writes
+every round.
 
-    python benchmarks/cpu_step.py [--steps 30] [--repeats 5] [--threads N] [--json out.json]
+    python benchmarks/cpu_step.py [--steps 20] [--repeats 7] [--threads N] [--same-process]
+                                   [--baseline auto|torch|numpy] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -136,54 +144,129 @@ def measure(step, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
+def make_step(name: str, batch: int):
+    if name == "gpunet":
+        return gpunet_step_fn(batch)
+    if name == "torch":
+        return torch_step_fn(batch)
+    return naive_numpy_step_fn(batch)
+
+
+def limit_threads(name: str, threads: int) -> None:
+    """Give ``name`` ``threads`` threads (gpunet's are set by GPUNET_THREADS before import)."""
+    if name == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    elif name == "numpy":
+        try:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(threads)
+        except ImportError:
+            pass
+
+
+def worker(name: str, batch: int, threads: int) -> None:
+    """Serve ``run STEPS`` lines on stdin with one JSON line (seconds per step) each."""
+    import warnings
+
+    warnings.filterwarnings("ignore")  # torch's float(loss) of a tensor that requires grad
+    limit_threads(name, threads)
+    step = make_step(name, batch)
+    print(json.dumps({"ready": name}), flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd or cmd[0] != "run":
+            break
+        print(json.dumps({"s": measure(step, int(cmd[1]))}), flush=True)
+
+
+class Worker:
+    """One side of the comparison in its own process, idle (blocked on stdin) between runs."""
+
+    def __init__(self, name: str, batch: int, threads: int) -> None:
+        env = dict(os.environ, GPUNET_THREADS=str(threads))
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--worker", name, "--batch", str(batch),
+             "--threads", str(threads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        )
+        self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"benchmark worker exited with code {self.proc.wait()}")
+        return json.loads(line)
+
+    def run(self, steps: int) -> float:
+        self.proc.stdin.write(f"run {steps}\n")
+        self.proc.stdin.flush()
+        return float(self._read()["s"])
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--baseline", choices=["auto", "torch", "numpy"], default="auto")
+    ap.add_argument("--same-process", action="store_true",
+                    help="run both sides in this process (default: one process each)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:
+        worker(args.worker, args.batch, args.threads)
+        return
 
     baseline = args.baseline
-    if baseline in ("auto", "torch"):
-        try:
-            import torch
-
-            torch.set_num_threads(args.threads)
-            baseline = "torch"
-        except ImportError:
-            if args.baseline == "torch":
-                raise
-            baseline = "numpy"
+    if baseline == "auto":
+        baseline = "torch" if importlib.util.find_spec("torch") else "numpy"
+    names = ["gpunet", baseline]
+    times: dict[str, list[float]] = {k: [] for k in names}
+    if args.same_process:
+        os.environ["GPUNET_THREADS"] = str(args.threads)
+        limit_threads(baseline, args.threads)
+        steps = {k: make_step(k, args.batch) for k in names}
+        run = {k: (lambda k=k: measure(steps[k], args.steps)) for k in names}
+        close = []
+    else:
+        workers = {k: Worker(k, args.batch, args.threads) for k in names}
+        run = {k: (lambda k=k: workers[k].run(args.steps)) for k in names}
+        close = list(workers.values())
     try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(args.threads)
-    except ImportError:
-        pass
-
-    fns = {"gpunet": gpunet_step_fn(args.batch),
-           baseline: torch_step_fn(args.batch) if baseline == "torch"
-           else naive_numpy_step_fn(args.batch)}
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(args.repeats):  # interleaved, so drift and noise hit both alike
-        for name, fn in fns.items():
-            times[name].append(measure(fn, args.steps))
+        for r in range(args.repeats):  # interleaved (and alternating), so drift hits both alike
+            for k in names if r % 2 == 0 else names[::-1]:
+                times[k].append(run[k]())
+                time.sleep(0.05)  # let the other side's spinning threads go idle
+    finally:
+        for w in close:
+            w.close()
     best = {k: min(v) for k, v in times.items()}
+    med = {k: float(np.median(v)) for k, v in times.items()}
     sps = {k: args.batch / t for k, t in best.items()}
     ratio = sps["gpunet"] / sps[baseline]
+    ratio_med = med[baseline] / med["gpunet"]
+    how = "same process" if args.same_process else "one process each"
     print(f"MLP {'-'.join(map(str, SIZES))}, BN+ReLU, Adam, batch {args.batch}, float32, "
-          f"{args.threads} threads, {platform.processor() or platform.machine()}")
-    for name in fns:
+          f"{args.threads} threads, {how}, {args.repeats} x {args.steps} steps, "
+          f"{platform.processor() or platform.machine()}")
+    for name in names:
         print(f"  {name:8s} {best[name] * 1e3:8.2f} ms/step  {sps[name]:10,.0f} samples/s  "
-              f"(median {np.median(times[name]) * 1e3:.2f} ms)")
-    print(f"  ratio gpunet / {baseline}: {ratio:.2f}x")
+              f"(best of {args.repeats}; median {med[name] * 1e3:.2f} ms)")
+    print(f"  ratio gpunet / {baseline}: {ratio:.2f}x (best), {ratio_med:.2f}x (median)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"batch": args.batch, "threads": args.threads, "baseline": baseline,
-                       "seconds_per_step": times, "samples_per_s": sps, "ratio": ratio}, f,
+                       "same_process": args.same_process, "seconds_per_step": times,
+                       "samples_per_s": sps, "ratio": ratio, "ratio_median": ratio_med}, f,
                       indent=2)
 
 

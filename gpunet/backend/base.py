@@ -6,13 +6,16 @@ return it, so a caller that preallocates never allocates in the hot path. Ops th
 state (running statistics, optimizer moments, parameters) do so in place.
 
 ``CupyBackend`` overrides some of these with fused CUDA kernels and falls back to these
-methods whenever dtype or layout does not fit; ``NumpyBackend`` is this class unchanged.
+methods whenever dtype or layout does not fit; ``NumpyBackend`` is this class with a few
+CPU-only fast paths (the products split over its threads, batch norm in fewer passes), each
+tested against the op here.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -24,6 +27,45 @@ Array = Any  # numpy.ndarray or cupy.ndarray
 
 class BatchTooSmallError(GpunetError, ValueError):
     """A batch-norm training batch with fewer than two samples (its variance is undefined)."""
+
+
+class _Workers:
+    """``n`` daemon threads that take jobs from one queue (the backend's work splitting).
+
+    A hand-off through ``queue.SimpleQueue`` costs ~10 us where a ``ThreadPoolExecutor``'s
+    submit / result costs ~30 us (measured), and a training step hands off ~20 times."""
+
+    def __init__(self, n: int) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        for i in range(n):
+            threading.Thread(target=self._serve, name=f"gpunet-{i}", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            fn, item, i, done = self._jobs.get()
+            try:
+                done.put((i, True, fn(item)))
+            except BaseException as e:  # handed back to the caller, raised there
+                done.put((i, False, e))
+
+    def map_rest(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        """``[fn(i) for i in items]``: the calling thread runs ``items[0]``, the workers the
+        rest; the first exception (in item order) is raised once all have finished."""
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        for i, item in enumerate(items[1:], 1):
+            self._jobs.put((fn, item, i, done))
+        results: list[Any] = [None] * len(items)
+        ok = [True] * len(items)
+        try:
+            results[0] = fn(items[0])
+        except BaseException as e:
+            ok[0], results[0] = False, e
+        for _ in range(len(items) - 1):
+            i, ok[i], results[i] = done.get()
+        for good, r in zip(ok, results, strict=True):
+            if not good:
+                raise r
+        return results
 
 
 class Backend:
@@ -66,14 +108,15 @@ class Backend:
     threads = 1
     #: rows per float32 partial column sum, merged in float64 (None: one reduction per part)
     REDUCE_ROWS: int | None = 256
-    _pool: ThreadPoolExecutor | None = None
+    _pool: _Workers | None = None
 
     def _parallel(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-        """``[fn(i) for i in items]``, on ``threads`` threads when there is more than one."""
+        """``[fn(i) for i in items]``, on ``threads`` threads (the calling thread and
+        ``threads - 1`` workers) when there is more than one."""
         if self.threads > 1 and len(items) > 1:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gpunet")
-            return list(self._pool.map(fn, items))
+                self._pool = _Workers(self.threads - 1)
+            return self._pool.map_rest(fn, items)
         return [fn(i) for i in items]
 
     def _parts(self, n: int, min_size: int = 64) -> list[slice]:
@@ -371,8 +414,9 @@ class Backend:
     # ``decay_mask`` (1 for Dense weights, 0 elsewhere, or None for everywhere) selects where
     # it applies: the gradient used is ``g + decay * decay_mask * w``. The work runs over
     # chunks of ``CHUNK`` elements with two scratch buffers, so every pass stays in cache and
-    # nothing is allocated per step.
-    CHUNK = 1 << 15
+    # nothing is allocated per step. (Chunks of 2^17 floats, 512 KiB, measured fastest on the
+    # CPU: smaller ones cost more in per-call overhead, larger ones fall out of L2.)
+    CHUNK = 1 << 17
 
     def _for_chunks(
         self,
@@ -383,7 +427,8 @@ class Backend:
         body: Callable[[slice, Array, Array], None],
     ) -> None:
         """Call ``body(sl, gd, t)`` per chunk ``sl`` of the flat arrays: ``gd`` holds the
-        (decayed) gradient, ``t`` is scratch; the chunks are shared among ``threads``."""
+        (decayed) gradient and must not be written (it is ``g[sl]`` itself without decay),
+        ``t`` is scratch; the chunks are shared among ``threads``."""
         xp = self.xp
         n = w.shape[0]
         dec = w.dtype.type(decay)
@@ -402,7 +447,7 @@ class Backend:
                         xp.multiply(gd, decay_mask[sl], out=gd)
                     xp.add(gd, g[sl], out=gd)
                 else:
-                    gd[...] = g[sl]
+                    gd = g[sl]  # read only by the bodies: no copy needed
                 body(sl, gd, t)
 
         self._parallel(run, list(range(len(parts))))
@@ -414,8 +459,8 @@ class Backend:
         xp, f = self.xp, w.dtype.type
 
         def body(sl: slice, gd: Array, t: Array) -> None:
-            xp.multiply(gd, f(lr), out=gd)
-            xp.subtract(w[sl], gd, out=w[sl])
+            xp.multiply(gd, f(lr), out=t)
+            xp.subtract(w[sl], t, out=w[sl])
 
         self._for_chunks(w, g, decay, decay_mask, body)
 
@@ -435,8 +480,8 @@ class Backend:
         def body(sl: slice, gd: Array, t: Array) -> None:
             vs = v[sl]
             xp.multiply(vs, f(beta), out=vs)
-            xp.multiply(gd, f(1.0 - beta), out=gd)
-            xp.add(vs, gd, out=vs)
+            xp.multiply(gd, f(1.0 - beta), out=t)
+            xp.add(vs, t, out=vs)
             xp.multiply(vs, f(lr), out=t)
             xp.subtract(w[sl], t, out=w[sl])
 
@@ -487,11 +532,14 @@ class Backend:
         """Adam with bias correction at step ``t = step`` (1 for the first update).
 
         ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``,
-        ``w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)``.
+        ``w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)``, computed as
+        ``w -= (lr * sqrt(c2) / c1) * m / (sqrt(v) + eps * sqrt(c2))`` with ``c1 = 1 - b1^t``,
+        ``c2 = 1 - b2^t`` (the same value, one pass fewer).
         """
         xp, f = self.xp, w.dtype.type
         c1 = 1.0 - float(beta1) ** step
         c2 = 1.0 - float(beta2) ** step
+        root_c2 = c2 ** 0.5
 
         def body(sl: slice, gd: Array, t: Array) -> None:
             ms, vs = m[sl], v[sl]
@@ -502,11 +550,10 @@ class Backend:
             xp.multiply(t, f(1.0 - beta2), out=t)
             xp.multiply(vs, f(beta2), out=vs)
             xp.add(vs, t, out=vs)
-            xp.multiply(vs, f(1.0 / c2), out=t)  # v_hat
-            xp.sqrt(t, out=t)
-            xp.add(t, f(eps), out=t)
-            xp.divide(ms, t, out=t)  # m / (sqrt(v_hat) + eps)
-            xp.multiply(t, f(lr / c1), out=t)
+            xp.sqrt(vs, out=t)
+            xp.add(t, f(eps * root_c2), out=t)
+            xp.divide(ms, t, out=t)  # m / (sqrt(v) + eps sqrt(c2))
+            xp.multiply(t, f(lr * root_c2 / c1), out=t)
             xp.subtract(w[sl], t, out=w[sl])
 
         self._for_chunks(w, g, decay, decay_mask, body)

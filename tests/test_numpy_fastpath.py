@@ -1,0 +1,187 @@
+"""The NumPy backend's CPU-only fast paths against the base (reference) ops and float64.
+
+``NumpyBackend`` overrides ``matmul`` (products split over its threads with the BLAS held at
+one thread), ``batchnorm_forward_train`` and ``batchnorm_backward`` (fewer passes). Each must
+compute what the base op computes: same shapes, same in-place updates, float32 rounding apart.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpunet.backend import NumpyBackend
+from gpunet.backend.base import Backend, BatchTooSmallError
+
+THREADS = [1, 2, 3]
+BN_SHAPES = [(2, 1), (3, 3), (17, 33), (64, 10), (5, 1000), (100, 37), (512, 1024)]
+
+
+def rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
+
+
+@pytest.fixture(params=THREADS, ids=lambda t: f"threads{t}")
+def nb(request):
+    return NumpyBackend(threads=request.param)
+
+
+@pytest.fixture
+def rng():
+    seed = np.random.SeedSequence().entropy
+    print(f"rng seed: {seed}")
+    return np.random.default_rng(seed)
+
+
+# ---------------------------------------------------------------- matmul
+MM_CASES = [
+    # (m, k, n, transpose a, transpose b)
+    (512, 784, 1024, False, False),   # forward
+    (784, 512, 1024, True, False),    # dW = x.T @ dy
+    (512, 1024, 1024, False, True),   # dx = dy @ W.T
+    (1024, 512, 10, True, False),     # narrow: row blocks
+    (512, 10, 1024, False, True),
+    (300, 333, 257, False, False),    # odd sizes
+    (3, 5, 2, False, False),          # tiny: one call
+]
+
+
+@pytest.mark.parametrize("m,k,n,ta,tb", MM_CASES)
+def test_matmul_matches_float64(nb, rng, m, k, n, ta, tb):
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
+    a_, b_ = (a.T if ta else a), (b.T if tb else b)
+    ref = a_.astype(np.float64) @ b_.astype(np.float64)
+    got = nb.matmul(a_, b_)
+    assert got.shape == (m, n) and got.dtype == np.float32
+    assert rel(got, ref) < 1e-5
+    # out= a view into a flat buffer, as the MLP's gradient buffer is
+    flat = np.full(m * n + 7, np.nan, np.float32)
+    view = flat[3:3 + m * n].reshape(m, n)
+    assert nb.matmul(a_, b_, out=view) is view
+    assert rel(view, ref) < 1e-5
+    assert np.isnan(flat[:3]).all() and np.isnan(flat[3 + m * n:]).all()
+
+
+def test_matmul_strided_out_and_aliasing(nb, rng):
+    a = rng.standard_normal((256, 300)).astype(np.float32)
+    b = rng.standard_normal((300, 256)).astype(np.float32)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    big = np.zeros((256, 512), np.float32)
+    nb.matmul(a, b, out=big[:, ::2])  # a strided out
+    assert rel(big[:, ::2], ref) < 1e-5 and not big[:, 1::2].any()
+    sq = rng.standard_normal((256, 256)).astype(np.float32)
+    ref2 = sq.astype(np.float64) @ sq.astype(np.float64)
+    nb.matmul(sq, sq.copy(), out=sq)  # out aliases an input: one BLAS call, still right
+    assert rel(sq, ref2) < 1e-5
+
+
+def test_matmul_restores_blas_threads():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    be = NumpyBackend(threads=2)
+    before = [i["num_threads"] for i in threadpoolctl.threadpool_info()]
+    a = np.ones((512, 512), np.float32)
+    be.matmul(a, a)
+    after = [i["num_threads"] for i in threadpoolctl.threadpool_info()]
+    assert before == after
+
+
+# ---------------------------------------------------------------- batch norm
+def _bn_inputs(rng, shape, hard=False):
+    n, c = shape
+    if hard:
+        x = 1e4 + 1e-2 * rng.standard_normal(shape)
+    else:
+        x = rng.standard_normal(shape) * rng.uniform(0.1, 5, c) + rng.uniform(-3, 3, c)
+    gamma = rng.uniform(0.5, 2, c) * rng.choice([-1, 1], c)
+    beta = rng.standard_normal(c)
+    rm, rv = rng.standard_normal(c), rng.uniform(0.5, 2, c)
+    dy = rng.standard_normal(shape)
+    return [np.asarray(a, np.float32) for a in (x, gamma, beta, rm, rv, dy)]
+
+
+def _ref64(x, gamma, beta, rm, rv, dy, relu, momentum=0.1, eps=1e-5):
+    x, dy = x.astype(np.float64), dy.astype(np.float64)
+    n = x.shape[0]
+    mean = x.mean(0)
+    var = ((x - mean) ** 2).mean(0)
+    invstd = 1 / np.sqrt(var + eps)
+    xhat = (x - mean) * invstd
+    y = gamma * xhat + beta
+    if relu:
+        y = np.maximum(y, 0)
+        dy = dy * (y > 0)
+    rm = (1 - momentum) * rm + momentum * mean
+    rv = (1 - momentum) * rv + momentum * var * n / (n - 1)
+    dbeta, dgamma = dy.sum(0), (dy * xhat).sum(0)
+    dx = gamma * invstd * (dy - dbeta / n - xhat * dgamma / n)
+    return y, mean, invstd, rm, rv, dx, dgamma, dbeta
+
+
+def _run(be, op_owner, x, gamma, beta, rm, rv, dy, relu):
+    rm, rv = rm.copy(), rv.copy()
+    y, mean, invstd = op_owner.batchnorm_forward_train(be, x.copy(), gamma, beta, rm, rv, 0.1,
+                                                       1e-5, relu=relu)
+    y = y.copy()
+    dgamma, dbeta = np.zeros_like(gamma), np.zeros_like(gamma)
+    dx = op_owner.batchnorm_backward(be, dy.copy(), x.copy(), gamma, mean, invstd, dgamma, dbeta,
+                                     y=y if relu else None)
+    return y, mean, invstd, rm, rv, dx.copy(), dgamma, dbeta
+
+
+@pytest.mark.parametrize("shape", BN_SHAPES)
+@pytest.mark.parametrize("relu", [False, True])
+def test_batchnorm_fastpath_matches_base_and_float64(nb, rng, shape, relu):
+    args = _bn_inputs(rng, shape)
+    fast = _run(nb, NumpyBackend, *args, relu)
+    base = _run(nb, Backend, *args, relu)
+    ref = _ref64(*args, relu)
+    names = ["y", "mean", "invstd", "running_mean", "running_var", "dx", "dgamma", "dbeta"]
+    for name, f, b, r in zip(names, fast, base, ref, strict=True):
+        assert f.shape == b.shape and f.dtype == b.dtype, name
+        if relu and name in ("dx", "dgamma", "dbeta") and shape[0] <= 3:
+            continue  # a ReLU mask decided by a rounding apart: compared on larger batches
+        # dx against the size of its terms (it cancels to ~0 for n = 2), as test_backend does
+        scale = np.abs(r).max() if name != "dx" else (
+            np.abs(args[5]).max() * np.abs(args[1]).max() * ref[2].max())
+        assert np.abs(f - r).max() / max(scale, 1e-30) < 1e-5, name
+        assert np.abs(f - b).max() / max(scale, 1e-30) < 1e-5, name
+
+
+def test_batchnorm_fastpath_hard_values(nb, rng):
+    """Mean 1e4, std 1e-2: the fast path's variance is as good as the base op's."""
+    x, gamma, beta, rm, rv, dy = _bn_inputs(rng, (512, 37), hard=True)
+    fast = _run(nb, NumpyBackend, x, gamma, beta, rm, rv, dy, False)
+    base = _run(nb, Backend, x, gamma, beta, rm, rv, dy, False)
+    ref = _ref64(x, gamma, beta, rm, rv, dy, False)
+    assert rel(fast[1], ref[1]) < 1e-6  # mean
+    assert rel(fast[2], ref[2]) <= max(2 * rel(base[2], ref[2]), 1e-5)  # invstd
+    assert rel(fast[0], ref[0]) <= max(2 * rel(base[0], ref[0]), 1e-5)  # y
+
+
+def test_batchnorm_fastpath_batch_of_one_is_an_error(nb):
+    with pytest.raises(BatchTooSmallError, match="at least 2 samples"):
+        nb.batchnorm_forward_train(np.ones((1, 3), np.float32), np.ones(3, np.float32),
+                                   np.zeros(3, np.float32), np.zeros(3, np.float32),
+                                   np.ones(3, np.float32), 0.1, 1e-5)
+
+
+# ---------------------------------------------------------------- optimizers
+@pytest.mark.parametrize("opt", ["sgd", "momentum", "rmsprop", "adam"])
+def test_optimizers_leave_gradients_alone(nb, rng, opt):
+    """Without weight decay the chunk bodies read the gradient in place: it must not change."""
+    n = (1 << 17) * 2 + 12345  # several chunks and a ragged end
+    w = rng.standard_normal(n).astype(np.float32)
+    g = rng.standard_normal(n).astype(np.float32)
+    g0 = g.copy()
+    s1, s2 = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    if opt == "sgd":
+        nb.sgd_update(w, g, 0.1)
+    elif opt == "momentum":
+        nb.momentum_update(w, g, s1, 0.1, 0.9)
+    elif opt == "rmsprop":
+        nb.rmsprop_update(w, g, s1, 0.1, 0.999, 1e-8)
+    else:
+        nb.adam_update(w, g, s1, s2, 0.1, 0.9, 0.999, 1e-8, 1)
+    np.testing.assert_array_equal(g, g0)
