@@ -179,9 +179,12 @@ def test_batchnorm_backward(be, rng, shape, relu):
         g = g * (y_ref > 0)
     dx_ref, dgamma_ref, dbeta_ref = ref_bn_backward(g, x, gamma, 1e-5)
     scale = np.abs(g).max() * gamma.max() * host(be, invstd).max()
-    assert np.abs(host(be, dx) - dx_ref).max() / scale < 1e-5
-    assert rel(host(be, dgamma), dgamma_ref) < 1e-5
-    assert rel(host(be, dbeta), dbeta_ref) < 1e-5
+    assert np.abs(host(be, dx) - dx_ref).max() <= 1e-5 * scale  # 0 when ReLU masks it all
+    # the column sums may cancel (n = 2: x_hat is +-1): errors relative to the summed terms
+    xd = x.astype(np.float64)
+    xhat = (xd - xd.mean(0)) / np.sqrt(xd.var(0) + 1e-5)
+    assert np.abs(host(be, dgamma) - dgamma_ref).max() <= 1e-5 * np.abs(g * xhat).sum(0).max()
+    assert np.abs(host(be, dbeta) - dbeta_ref).max() <= 1e-5 * np.abs(g).sum(0).max()
 
 
 def test_batchnorm_one_sample_is_an_error(be):
