@@ -13,6 +13,7 @@ tested against the op here.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -36,6 +37,7 @@ class _Workers:
     submit / result costs ~30 us (measured), and a training step hands off ~20 times."""
 
     def __init__(self, n: int) -> None:
+        self.pid = os.getpid()  # threads do not survive a fork: a child makes its own
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         for i in range(n):
             threading.Thread(target=self._serve, name=f"gpunet-{i}", daemon=True).start()
@@ -114,7 +116,7 @@ class Backend:
         """``[fn(i) for i in items]``, on ``threads`` threads (the calling thread and
         ``threads - 1`` workers) when there is more than one."""
         if self.threads > 1 and len(items) > 1:
-            if self._pool is None:
+            if self._pool is None or self._pool.pid != os.getpid():
                 self._pool = _Workers(self.threads - 1)
             return self._pool.map_rest(fn, items)
         return [fn(i) for i in items]
