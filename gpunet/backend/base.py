@@ -287,12 +287,11 @@ class Backend:
         xp = self.xp
         out = self._out(out, x.shape, x.dtype)
         scale = (gamma / xp.sqrt(running_var.astype(np.float64) + eps)).astype(x.dtype)
-        hi, lo = self._split(running_mean.astype(np.float64), x.dtype)
+        mean = running_mean.astype(x.dtype)  # float32 statistics: x - mean is exact near it
 
         def apply(p: slice) -> None:
             y = out[p]
-            xp.subtract(x[p], hi, out=y)
-            xp.subtract(y, lo, out=y)
+            xp.subtract(x[p], mean, out=y)
             xp.multiply(y, scale, out=y)
             xp.add(y, beta, out=y)
             if relu:
