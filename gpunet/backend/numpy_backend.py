@@ -61,22 +61,42 @@ class NumpyBackend(Backend):
     MEAN_BLOCK = 32
 
     def __init__(self, threads: int | None = None) -> None:
+        from .mkl import load_mkl
+
         env = os.environ.get("GPUNET_THREADS")
         self.threads = max(1, int(threads or (env and int(env)) or os.cpu_count() or 1))
         self._blas = _openblas_controllers() if self.threads > 1 else []
+        #: MKL's sequential sgemm when ``gpunet[mkl]`` is installed (else None: NumPy's BLAS)
+        self.mkl = load_mkl()
+
+    @property
+    def blas(self) -> str:
+        """Which BLAS the products run on: ``"mkl"`` or ``"numpy"`` (NumPy's own)."""
+        return "mkl" if self.mkl is not None else "numpy"
 
     # ------------------------------------------------------------------ dense
+    def _gemm(self, a: Array, b: Array, out: Array) -> None:
+        """One product into ``out``: MKL when it takes these arrays, else ``np.matmul``."""
+        if self.mkl is not None and self.mkl.accepts(a, b, out):
+            self.mkl(a, b, out)
+        else:
+            np.matmul(a, b, out=out)
+
     def matmul(self, a: Array, b: Array, out: Array | None = None) -> Array:
         """``a @ b`` with the BLAS held at one thread, split over the backend's threads.
 
         Column blocks of ``b`` (multiples of 16 columns) when the result is wide enough, row
         blocks of ``a`` otherwise. Small products, and anything unusual (not 2-D, ``out``
-        aliasing an input or of another dtype), are one ``np.matmul`` call."""
-        if not self._blas:
+        aliasing an input or of another dtype), are one call. Each block runs on MKL's
+        sequential sgemm when ``gpunet[mkl]`` is installed, else on NumPy's BLAS."""
+        if not self._blas and (self.mkl is None or self.threads == 1):
+            if out is not None and a.ndim == 2 and b.ndim == 2 and self.mkl is not None \
+                    and not (np.may_share_memory(out, a) or np.may_share_memory(out, b)):
+                self._gemm(a, b, out)
+                return out
             return np.matmul(a, b, out=out)
         with self._blas_one_thread():
-            if (a.ndim != 2 or b.ndim != 2
-                    or 2 * a.shape[0] * a.shape[1] * b.shape[1] < self.MIN_SPLIT_FLOPS):
+            if a.ndim != 2 or b.ndim != 2:
                 return np.matmul(a, b, out=out)
             m, n = a.shape[0], b.shape[1]
             dtype = np.result_type(a, b)
@@ -84,18 +104,21 @@ class NumpyBackend(Backend):
                                     or np.may_share_memory(out, b)):
                 return np.matmul(a, b, out=out)
             out = self._out(out, (m, n), dtype)
+            if 2 * m * a.shape[1] * n < self.MIN_SPLIT_FLOPS:
+                self._gemm(a, b, out)
+                return out
             k = self.threads
             if n >= 64 * k:
                 bounds = [(n * i // k) // 16 * 16 for i in range(k)] + [n]
                 parts = [slice(bounds[i], bounds[i + 1]) for i in range(k)]
 
                 def block(p: slice) -> None:
-                    np.matmul(a, b[:, p], out=out[:, p])
+                    self._gemm(a, b[:, p], out[:, p])
             else:
                 parts = self._parts(m, 16)
 
                 def block(p: slice) -> None:
-                    np.matmul(a[p], b, out=out[p])
+                    self._gemm(a[p], b, out[p])
 
             self._parallel(block, parts)
             return out
