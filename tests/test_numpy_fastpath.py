@@ -1,8 +1,9 @@
-"""The NumPy backend's CPU-only fast paths against the base (reference) ops and float64.
+"""The NumPy backend against the base (reference) ops and float64, with 1-3 threads.
 
 ``NumpyBackend`` overrides ``matmul`` (products split over its threads with the BLAS held at
-one thread), ``batchnorm_forward_train`` and ``batchnorm_backward`` (fewer passes). Each must
-compute what the base op computes: same shapes, same in-place updates, float32 rounding apart.
+one thread); batch norm runs the base ops split over the backend's threads. Each must compute
+what the single-threaded reference computes: same shapes, same in-place updates, float32
+rounding apart.
 """
 
 from __future__ import annotations
