@@ -208,20 +208,26 @@ class TrainConfig:
         return "\n".join(lines) + "\n"
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """The table of a config file: the ``[train]`` table if present, else the top level."""
+def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A TOML document, or a one-line ``ConfigError`` naming ``what`` and the problem."""
     p = Path(path)
     try:
         with open(p, "rb") as f:
-            doc = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {p}") from None
+        raise ConfigError(f"{what} not found: {p}") from None
     except IsADirectoryError:
-        raise ConfigError(f"config file {p} is a directory") from None
+        raise ConfigError(f"{what} {p} is a directory") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+        raise ConfigError(f"{what} {p} is not valid TOML: {e}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"config file {p} is not valid TOML (not UTF-8 text)") from None
+        raise ConfigError(f"{what} {p} is not valid TOML (not UTF-8 text)") from None
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """The table of a config file: the ``[train]`` table if present, else the top level."""
+    p = Path(path)
+    doc = read_toml(p)
     if "train" in doc and isinstance(doc["train"], dict):
         extra = [k for k in doc if k != "train"]
         if extra:

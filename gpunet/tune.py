@@ -395,18 +395,10 @@ class SearchSpace:
 
 
 def _load_space(path: str | Path) -> SearchSpace:
-    from .config import tomllib
+    from .config import read_toml
 
     p = Path(path)
-    try:
-        with open(p, "rb") as f:
-            doc = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"space file not found: {p}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"space file {p} is a directory") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"space file {p} is not valid TOML: {e}") from None
+    doc = read_toml(p, "space file")
     return SearchSpace.from_dict(doc, source=f"space file {p}")
 
 
