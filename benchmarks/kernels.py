@@ -42,41 +42,44 @@ def _cupy():
 
 
 # ------------------------------------------------------------------ timing
+def _time_events(fn: Callable[[], Any], repeats: int, start: Any, end: Any,
+                 elapsed: Callable[[], float], min_sample_ms: float) -> dict[str, float]:
+    """Median ms per call over ``repeats`` samples; each sample times ``inner`` back-to-back
+    calls between the events ``start`` and ``end`` (``inner`` grows until a sample lasts
+    ``min_sample_ms``), so tiny ops are timed at their throughput rather than one launch's
+    latency. ``elapsed()`` reads the ms between the two recorded events."""
+
+    def sample(inner: int) -> float:
+        start.record()
+        for _ in range(inner):
+            fn()
+        end.record()
+        end.synchronize()
+        return elapsed()
+
+    inner = 1
+    while sample(inner) < min_sample_ms and inner < 1024:
+        inner *= 2
+    samples = [sample(inner) / inner for _ in range(repeats)]
+    return {"ms": statistics.median(samples), "min_ms": min(samples), "inner": inner,
+            "samples": len(samples)}
+
+
 def time_cupy(fn: Callable[[], Any], repeats: int, warmup: int = 3,
               min_sample_ms: float = 0.5) -> dict[str, float]:
-    """Median ms per call over ``repeats`` samples; each sample times ``inner`` back-to-back
-    calls between two CUDA events (``inner`` grows until a sample lasts ``min_sample_ms``), so
-    tiny ops are timed at their throughput rather than one launch's latency."""
+    """``_time_events`` with CuPy events, after ``warmup`` calls."""
     cp = _cupy()
     for _ in range(warmup):
         fn()
     cp.cuda.Device().synchronize()
     start, end = cp.cuda.Event(), cp.cuda.Event()
-    inner = 1
-    while True:
-        start.record()
-        for _ in range(inner):
-            fn()
-        end.record()
-        end.synchronize()
-        ms = cp.cuda.get_elapsed_time(start, end)
-        if ms >= min_sample_ms or inner >= 1024:
-            break
-        inner *= 2
-    samples = []
-    for _ in range(repeats):
-        start.record()
-        for _ in range(inner):
-            fn()
-        end.record()
-        end.synchronize()
-        samples.append(cp.cuda.get_elapsed_time(start, end) / inner)
-    return {"ms": statistics.median(samples), "min_ms": min(samples), "inner": inner,
-            "samples": len(samples)}
+    return _time_events(fn, repeats, start, end, lambda: cp.cuda.get_elapsed_time(start, end),
+                        min_sample_ms)
 
 
 def time_torch(fn: Callable[[], Any], repeats: int, warmup: int = 3,
                min_sample_ms: float = 0.5) -> dict[str, float]:
+    """``_time_events`` with PyTorch's CUDA events, after ``warmup`` calls."""
     import torch
 
     for _ in range(warmup):
@@ -84,27 +87,8 @@ def time_torch(fn: Callable[[], Any], repeats: int, warmup: int = 3,
     torch.cuda.synchronize()
     start = torch.cuda.Event(enable_timing=True)
     end = torch.cuda.Event(enable_timing=True)
-    inner = 1
-    while True:
-        start.record()
-        for _ in range(inner):
-            fn()
-        end.record()
-        end.synchronize()
-        ms = start.elapsed_time(end)
-        if ms >= min_sample_ms or inner >= 1024:
-            break
-        inner *= 2
-    samples = []
-    for _ in range(repeats):
-        start.record()
-        for _ in range(inner):
-            fn()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) / inner)
-    return {"ms": statistics.median(samples), "min_ms": min(samples), "inner": inner,
-            "samples": len(samples)}
+    return _time_events(fn, repeats, start, end, lambda: start.elapsed_time(end),
+                        min_sample_ms)
 
 
 def copy_bandwidth(nbytes: int, repeats: int) -> dict[str, float]:
