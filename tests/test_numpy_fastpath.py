@@ -186,3 +186,111 @@ def test_optimizers_leave_gradients_alone(nb, rng, opt):
     else:
         nb.adam_update(w, g, s1, s2, 0.1, 0.9, 0.999, 1e-8, 1)
     np.testing.assert_array_equal(g, g0)
+
+
+# ---------------------------------------------------------------- optimizers on the level-1 BLAS
+def _blas1_sources():
+    """Every level-1 BLAS this machine has: MKL's (gpunet[mkl]) and NumPy's OpenBLAS."""
+    from gpunet.backend.blas1 import load_blas1
+    from gpunet.backend.mkl import load_mkl
+    from gpunet.backend.numpy_backend import _openblas_controllers
+
+    mkl = load_mkl()
+    found = {"mkl": load_blas1(mkl.lib) if mkl is not None else None,
+             "openblas": load_blas1(None, _openblas_controllers())}
+    return {k: v for k, v in found.items() if v is not None}
+
+
+BLAS1 = _blas1_sources()
+
+
+def test_blas1_found_for_numpys_openblas():
+    """NumPy's wheels bundle OpenBLAS with saxpby: the default install gets the fast path."""
+    assert "openblas" in BLAS1 or not any(
+        lc.internal_api == "openblas" for lc in _controllers())
+
+
+def _controllers():
+    from gpunet.backend.numpy_backend import _openblas_controllers
+    return _openblas_controllers()
+
+
+def _opt_call(be, owner, opt, w, g, s1, s2, lr, step, decay, mask):
+    if opt == "sgd":
+        owner.sgd_update(be, w, g, lr, decay, mask)
+    elif opt == "momentum":
+        owner.momentum_update(be, w, g, s1, lr, 0.9, decay, mask)
+    elif opt == "rmsprop":
+        owner.rmsprop_update(be, w, g, s1, lr, 0.99, 1e-8, decay, mask)
+    else:
+        owner.adam_update(be, w, g, s1, s2, lr, 0.9, 0.999, 1e-8, step, decay, mask)
+
+
+def _opt_ref64(opt, w, g, s1, s2, lr, step, decay, mask):
+    """The textbook formulas in float64 (DESIGN section 3)."""
+    w, g, s1, s2 = (a.astype(np.float64) for a in (w, g, s1, s2))
+    g = g + decay * (1.0 if mask is None else mask) * w
+    if opt == "sgd":
+        w = w - lr * g
+    elif opt == "momentum":
+        s1 = 0.9 * s1 + 0.1 * g
+        w = w - lr * s1
+    elif opt == "rmsprop":
+        s1 = 0.99 * s1 + 0.01 * g * g
+        w = w - lr * g / (np.sqrt(s1) + 1e-8)
+    else:
+        s1 = 0.9 * s1 + 0.1 * g
+        s2 = 0.999 * s2 + 0.001 * g * g
+        w = w - lr * (s1 / (1 - 0.9**step)) / (np.sqrt(s2 / (1 - 0.999**step)) + 1e-8)
+    return w, s1, s2
+
+
+@pytest.mark.skipif(not BLAS1, reason="no level-1 BLAS found")
+@pytest.mark.parametrize("source", sorted(BLAS1))
+@pytest.mark.parametrize("opt", ["sgd", "momentum", "rmsprop", "adam"])
+@pytest.mark.parametrize("n,decay,masked", [
+    ((1 << 17) * 3 + 4321, 0.0, False),  # several chunks per thread, a ragged end
+    ((1 << 17) + 1, 1e-2, True),         # decay on masked entries only
+    (7, 1e-2, False),                     # decay everywhere, one tiny chunk
+    (1, 0.0, False),
+])
+def test_optimizers_on_blas1_match_reference_and_float64(nb, rng, source, opt, n, decay,
+                                                          masked):
+    """Three steps of each update through saxpy / saxpby against the ufunc reference (the base
+    op on the same backend) and against float64 textbook formulas."""
+    nb.blas1 = BLAS1[source]
+    w = rng.standard_normal(n).astype(np.float32)
+    s1 = (rng.uniform(0, 0.01, n) if opt == "rmsprop"  # a mean square: not negative
+          else rng.standard_normal(n) * 0.1).astype(np.float32)
+    s2 = rng.uniform(0, 0.01, n).astype(np.float32)
+    mask = (rng.random(n) < 0.7).astype(np.float32) if masked else None
+    fast, ref = [a.copy() for a in (w, s1, s2)], [a.copy() for a in (w, s1, s2)]
+    ref64 = [a.astype(np.float64) for a in (w, s1, s2)]
+    for step in (1, 2, 3):
+        g = rng.standard_normal(n).astype(np.float32)
+        lr = 0.01 * step
+        _opt_call(nb, NumpyBackend, opt, *fast[:1], g, *fast[1:], lr, step, decay, mask)
+        _opt_call(nb, Backend, opt, *ref[:1], g, *ref[1:], lr, step, decay, mask)
+        ref64 = list(_opt_ref64(opt, ref64[0], g, ref64[1], ref64[2], lr, step, decay, mask))
+    for name, f, r, r64 in zip(["w", "state 1", "state 2"], fast, ref, ref64, strict=True):
+        assert rel(f, r64) < 2e-6, name
+        assert rel(f, r) < 2e-6, name
+
+
+def test_optimizer_fast_path_falls_back_on_strided_arrays(rng):
+    """Arrays the BLAS path cannot take (a strided view) go to the reference, still right."""
+    be = NumpyBackend(threads=2)
+    w = rng.standard_normal(2000).astype(np.float32)
+    g = rng.standard_normal(2000).astype(np.float32)
+    m, v = np.zeros(2000, np.float32), np.zeros(2000, np.float32)
+    w0 = w.copy()
+    be.adam_update(w[::2], g[::2], m[::2], v[::2], 0.1, 0.9, 0.999, 1e-8, 1)
+    ref = _opt_ref64("adam", w0[::2], g[::2], np.zeros(1000), np.zeros(1000), 0.1, 1, 0.0, None)
+    assert rel(w[::2], ref[0]) < 2e-6
+    np.testing.assert_array_equal(w[1::2], w0[1::2])
+    assert not m[1::2].any() and not v[1::2].any()
+
+
+def test_blas1_off_by_environment(monkeypatch):
+    monkeypatch.setenv("GPUNET_BLAS1", "off")
+    assert NumpyBackend(threads=2).blas1 is None

@@ -451,10 +451,7 @@ class Backend:
         """Call ``body(sl, gd, t)`` per chunk ``sl`` of the flat arrays: ``gd`` holds the
         (decayed) gradient and must not be written (it is ``g[sl]`` itself without decay),
         ``t`` is scratch; the chunks are shared among ``threads``."""
-        xp = self.xp
-        n = w.shape[0]
-        dec = w.dtype.type(decay)
-        parts = self._parts(n, min_size=self.CHUNK)
+        parts = self._parts(w.shape[0], min_size=self.CHUNK)
 
         def run(i: int) -> None:
             a = self._workspace(f"opt_g{i}", (self.CHUNK,), w.dtype)
@@ -462,17 +459,32 @@ class Backend:
             part = parts[i]
             for start in range(part.start, part.stop, self.CHUNK):
                 sl = slice(start, min(start + self.CHUNK, part.stop))
-                gd, t = a[: sl.stop - start], b[: sl.stop - start]
-                if decay:
-                    xp.multiply(w[sl], dec, out=gd)
-                    if decay_mask is not None:
-                        xp.multiply(gd, decay_mask[sl], out=gd)
-                    xp.add(gd, g[sl], out=gd)
-                else:
-                    gd = g[sl]  # read only by the bodies: no copy needed
-                body(sl, gd, t)
+                k = sl.stop - start
+                body(sl, self._decayed(w, g, sl, decay, decay_mask, a[:k]), b[:k])
 
         self._parallel(run, list(range(len(parts))))
+
+    def _decayed(self, w: Array, g: Array, sl: slice, decay: float,
+                 decay_mask: Array | None, buf: Array) -> Array:
+        """The gradient of chunk ``sl`` with L2 decay, ``g + decay * decay_mask * w``, in
+        ``buf``; without decay ``g[sl]`` itself (read only: no copy)."""
+        if not decay:
+            return g[sl]
+        xp = self.xp
+        xp.multiply(w[sl], w.dtype.type(decay), out=buf)
+        if decay_mask is not None:
+            xp.multiply(buf, decay_mask[sl], out=buf)
+        xp.add(buf, g[sl], out=buf)
+        return buf
+
+    @staticmethod
+    def _adam_factors(lr: float, beta1: float, beta2: float, eps: float,
+                      step: int) -> tuple[float, float]:
+        """``(lr * sqrt(c2) / c1, eps * sqrt(c2))`` with ``c1 = 1 - beta1^step`` and
+        ``c2 = 1 - beta2^step``: Adam's bias correction folded into two scalars."""
+        c1 = 1.0 - float(beta1) ** step
+        root_c2 = (1.0 - float(beta2) ** step) ** 0.5
+        return lr * root_c2 / c1, eps * root_c2
 
     def sgd_update(
         self, w: Array, g: Array, lr: float, decay: float = 0.0, decay_mask: Array | None = None
@@ -559,9 +571,7 @@ class Backend:
         ``c2 = 1 - b2^t`` (the same value, one pass fewer).
         """
         xp, f = self.xp, w.dtype.type
-        c1 = 1.0 - float(beta1) ** step
-        c2 = 1.0 - float(beta2) ** step
-        root_c2 = c2 ** 0.5
+        step_size, eps_hat = self._adam_factors(lr, beta1, beta2, eps, step)
 
         def body(sl: slice, gd: Array, t: Array) -> None:
             ms, vs = m[sl], v[sl]
@@ -573,9 +583,9 @@ class Backend:
             xp.multiply(vs, f(beta2), out=vs)
             xp.add(vs, t, out=vs)
             xp.sqrt(vs, out=t)
-            xp.add(t, f(eps * root_c2), out=t)
+            xp.add(t, f(eps_hat), out=t)
             xp.divide(ms, t, out=t)  # m / (sqrt(v) + eps sqrt(c2))
-            xp.multiply(t, f(lr * root_c2 / c1), out=t)
+            xp.multiply(t, f(step_size), out=t)
             xp.subtract(w[sl], t, out=w[sl])
 
         self._for_chunks(w, g, decay, decay_mask, body)

@@ -69,6 +69,8 @@ class MklGemm:
         lib.cblas_sgemm.argtypes = [i, i, i, i, i, i, f, vp, i, vp, i, f, vp, i]
         lib.cblas_sgemm.restype = None
         self.path = path
+        #: the loaded library (its level-1 routines serve the optimizers: ``blas1.py``)
+        self.lib = lib
         self._sgemm = lib.cblas_sgemm
 
     def accepts(self, a: Any, b: Any, out: Any) -> bool:
