@@ -173,21 +173,27 @@ class BatchNorm(Layer):
         stat_dtype = np.float64 if self.dtype == np.float64 else np.float32
         self.running_mean = be.zeros((c,), dtype=stat_dtype)
         self.running_var = be.asarray(np.ones(c, dtype=stat_dtype))
-        self._saved: tuple[Array, Array, Array, Array | None] | None = None
+        self._saved: tuple[Array, Array, Array, Array | None, bool] | None = None
 
-    def forward(self, x: Array, training: bool = False, relu: bool = False) -> Array:
-        """``relu=True`` fuses a following ReLU: ``max(y, 0)`` (the model uses it on the GPU)."""
+    def forward(self, x: Array, training: bool = False, relu: bool = False,
+                inplace: bool = False) -> Array:
+        """``relu=True`` fuses a following ReLU: ``max(y, 0)``. ``inplace=True`` lets a
+        training forward overwrite ``x`` with ``x - shift`` (kept for the backward, which then
+        skips its centring pass and returns its dx in ``x``'s memory); the MLP passes it for
+        its own Dense outputs where the backend supports it (``bn_centre_in_place``)."""
         x = self._input(x)
         if x.shape[1] != self.num_features:
             raise ValueError(f"BatchNorm({self.num_features}) got input of width {x.shape[1]}")
         y = self._buf("y", x.shape)
         be, p = self.backend, self.params
         if training:
+            centred = bool(inplace and getattr(be, "bn_centre_in_place", False))
+            kw = {"centre": x} if centred else {}
             y, mean, invstd = be.batchnorm_forward_train(
                 x, p["gamma"], p["beta"], self.running_mean, self.running_var,
-                self.momentum, self.eps, relu=relu, out=y,
+                self.momentum, self.eps, relu=relu, out=y, **kw,
             )
-            self._saved = (x, mean, invstd, y if relu else None)
+            self._saved = (x, mean, invstd, y if relu else None, centred)
         else:
             be.batchnorm_forward_infer(
                 x, p["gamma"], p["beta"], self.running_mean, self.running_var,
@@ -195,15 +201,20 @@ class BatchNorm(Layer):
             )
         return y
 
-    def backward(self, dy: Array) -> Array:
-        """Backward of the training forward (fills ``grads["gamma"]``, ``grads["beta"]``)."""
+    def backward(self, dy: Array, overwrite_dy: bool = False) -> Array:
+        """Backward of the training forward (fills ``grads["gamma"]``, ``grads["beta"]``).
+        ``overwrite_dy=True`` lets the op use ``dy``'s memory for the masked gradient."""
         if self._saved is None:
             raise RuntimeError("BatchNorm.backward needs a forward with training=True first")
-        x, mean, invstd, y = self._saved
-        dx = self._buf("dx", x.shape)
+        x, mean, invstd, y, centred = self._saved
+        kw = {"centred": True} if centred else {}
+        if overwrite_dy and y is not None and getattr(self.backend, "bn_centre_in_place",
+                                                      False):
+            kw["overwrite_dy"] = True
+        dx = x if centred else self._buf("dx", x.shape)
         return self.backend.batchnorm_backward(
             dy, x, self.params["gamma"], mean, invstd,
-            self.grads["gamma"], self.grads["beta"], y=y, out=dx,
+            self.grads["gamma"], self.grads["beta"], y=y, out=dx, **kw,
         )
 
     def buffers(self) -> dict[str, Array]:

@@ -125,15 +125,22 @@ class MLP:
         layers = self.layers
         i = 0
         self._fused = set()
+        private = False  # whether h is a layer's own output buffer (not the caller's input)
         while i < len(layers):
             layer = layers[i]
             if (self.fuse_bn_relu and isinstance(layer, BatchNorm) and i + 1 < len(layers)
                     and isinstance(layers[i + 1], ReLU)):
-                h = layer.forward(h, training, relu=True)
+                # the Dense output before it is private: centred in place (CPU)
+                h = layer.forward(h, training, relu=True, inplace=private)
                 self._fused.add(i + 1)
+                private = False
                 i += 2
                 continue
-            h = layer.forward(h, training)
+            if isinstance(layer, BatchNorm):
+                h = layer.forward(h, training, inplace=private)
+            else:
+                h = layer.forward(h, training)
+            private = isinstance(layer, Dense)
             i += 1
         return h
 
@@ -146,7 +153,10 @@ class MLP:
         for i in range(len(self.layers) - 1, 0, -1):
             if i in self._fused:
                 continue  # this ReLU's mask was applied inside BatchNorm's backward
-            g = self.layers[i].backward(g)
+            layer = self.layers[i]
+            # every gradient passed down is a layer's own buffer: batch norm may reuse it
+            g = layer.backward(g, overwrite_dy=True) if isinstance(layer, BatchNorm) \
+                else layer.backward(g)
         first = self.layers[0]
         if isinstance(first, Dense):
             return first.backward(g, need_dx=input_grad)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import gpunet as gn
 from gpunet.backend import NumpyBackend
 from gpunet.backend.base import Backend, BatchTooSmallError
 
@@ -294,3 +295,74 @@ def test_optimizer_fast_path_falls_back_on_strided_arrays(rng):
 def test_blas1_off_by_environment(monkeypatch):
     monkeypatch.setenv("GPUNET_BLAS1", "off")
     assert NumpyBackend(threads=2).blas1 is None
+
+
+# ---------------------------------------------------------------- batch norm, centred in place
+def _run_in_place(be, x, gamma, beta, rm, rv, dy, relu):
+    """The MLP's CPU path: x centred in place by the forward, dx written over it, the masked
+    gradient formed in dy."""
+    x, dy, rm, rv = x.copy(), dy.copy(), rm.copy(), rv.copy()
+    y, mean_c, invstd = be.batchnorm_forward_train(x, gamma, beta, rm, rv, 0.1, 1e-5,
+                                                   relu=relu, centre=x)
+    y = y.copy()
+    dgamma, dbeta = np.zeros_like(gamma), np.zeros_like(gamma)
+    dx = be.batchnorm_backward(dy, x, gamma, mean_c, invstd, dgamma, dbeta,
+                               y=y if relu else None, out=x, centred=True, overwrite_dy=True)
+    assert dx is x
+    return y, mean_c, invstd, rm, rv, dx.copy(), dgamma, dbeta
+
+
+@pytest.mark.parametrize("shape", BN_SHAPES)
+@pytest.mark.parametrize("relu", [False, True])
+def test_batchnorm_centred_in_place_matches_float64(nb, rng, shape, relu):
+    args = _bn_inputs(rng, shape)
+    got = _run_in_place(nb, *args, relu)
+    ref = _ref64(*args, relu)
+    names = ["y", "mean", "invstd", "running_mean", "running_var", "dx", "dgamma", "dbeta"]
+    for name, f, r in zip(names, got, ref, strict=True):
+        if name == "mean":
+            continue  # the mean of the centred data: checked through the running mean
+        if relu and name in ("dx", "dgamma", "dbeta") and shape[0] <= 3:
+            continue
+        scale = np.abs(r).max() if name != "dx" else (
+            np.abs(args[5]).max() * np.abs(args[1]).max() * ref[2].max())
+        assert np.abs(f - r).max() / max(scale, 1e-30) < 1e-5, name
+
+
+def test_batchnorm_centred_in_place_hard_values(nb, rng):
+    """Mean 1e4, std 1e-2: centring in place loses nothing against the out-of-place op."""
+    x, gamma, beta, rm, rv, dy = _bn_inputs(rng, (512, 37), hard=True)
+    got = _run_in_place(nb, x, gamma, beta, rm, rv, dy, True)
+    base = _run(nb, Backend, x, gamma, beta, rm, rv, dy, True)
+    ref = _ref64(x, gamma, beta, rm, rv, dy, True)
+    for i in (0, 2, 5, 6, 7):  # y, invstd, dx, dgamma, dbeta
+        assert rel(got[i], ref[i]) <= max(2 * rel(base[i], ref[i]), 1e-5), i
+    assert rel(got[3], ref[3]) < 1e-6  # running mean: the true batch mean went in
+
+
+def test_batchnorm_in_place_argument_errors(nb, rng):
+    x, gamma, beta, rm, rv, dy = _bn_inputs(rng, (8, 3))
+    with pytest.raises(ValueError, match="centre"):
+        nb.batchnorm_forward_train(x, gamma, beta, rm, rv, 0.1, 1e-5, out=x, centre=x)
+    with pytest.raises(ValueError, match="centred"):
+        nb.batchnorm_backward(dy, x, gamma, np.zeros(3), np.ones(3, np.float32),
+                              np.zeros(3, np.float32), np.zeros(3, np.float32), out=x)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_mlp_gradients_same_with_and_without_in_place_batchnorm(nb, rng, dropout):
+    """The MLP's in-place batch norm (CPU) gives the gradients of the out-of-place ops, with
+    the backend's threads splitting the work, and leaves the forward output alone."""
+    x = rng.standard_normal((300, 40)).astype(np.float32)
+    labels = rng.integers(0, 5, 300)
+    grads, logits = [], []
+    for in_place in (False, True):
+        nb.bn_centre_in_place = in_place
+        model = gn.MLP(40, hidden=[64, 48, 32], classes=5, dropout=dropout, backend=nb, seed=3)
+        out = model.forward(x, training=True).copy()
+        _, dl = nb.softmax_cross_entropy(model.forward(x, training=True), labels)
+        model.backward(dl)
+        grads.append(model.grads.copy())
+        logits.append(out)
+    np.testing.assert_array_equal(logits[0], logits[1])
+    assert rel(grads[1], grads[0]) < 1e-5

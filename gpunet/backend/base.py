@@ -78,6 +78,9 @@ class Backend:
     dtype = np.float32
     #: the MLP runs BatchNorm + ReLU as one op (``relu=True``) when this is set
     fuses_bn_relu = True
+    #: batch norm takes ``centre=`` / ``centred=`` / ``overwrite_dy=`` (the MLP then centres
+    #: its Dense outputs in place and reuses gradient buffers)
+    bn_centre_in_place = True
 
     # ------------------------------------------------------------------ arrays
     def asarray(self, x: Any, dtype: Any = None) -> Array:
@@ -157,8 +160,9 @@ class Backend:
         return total
 
     def _workspace(self, name: str, shape: tuple[int, ...], dtype: Any) -> Array:
-        """A scratch array cached by name, shape and dtype (reused, never returned to users)."""
-        key = (name, tuple(shape), np.dtype(dtype).str)
+        """A scratch array cached by name, shape, dtype and calling thread (reused, never
+        returned to users; threads working on parts of one op each get their own)."""
+        key = (name, tuple(shape), np.dtype(dtype).str, threading.get_ident())
         ws = self.__dict__.setdefault("_ws", {})
         buf = ws.get(key)
         if buf is None:
@@ -237,6 +241,7 @@ class Backend:
         eps: float,
         relu: bool = False,
         out: Array | None = None,
+        centre: Array | None = None,
     ) -> tuple[Array, Array, Array]:
         """Training-mode batch norm over (n, C) ``x``; returns ``(y, mean, invstd)``.
 
@@ -251,6 +256,12 @@ class Backend:
         In place: ``running_mean = (1 - momentum) * running_mean + momentum * mean`` and
         ``running_var = (1 - momentum) * running_var + momentum * var * n / (n - 1)``
         (PyTorch's momentum; Keras' 0.99 is 0.01 here).
+
+        ``centre`` (an (n, C) array, ``x`` itself allowed, not ``out``) keeps ``d = x - hi``:
+        the returned ``mean`` is then ``mean(d)``, the mean of what ``centre`` holds, and
+        ``batchnorm_backward(..., x=centre, mean=that, centred=True)`` skips re-centring.
+        (The MLP centres its private Dense outputs in place this way on the CPU: one pass
+        over memory fewer in the backward.)
         """
         xp = self.xp
         n = x.shape[0]
@@ -259,15 +270,19 @@ class Backend:
                 f"batch norm needs at least 2 samples per training batch, got {n}"
             )
         out = self._out(out, x.shape, x.dtype)
+        keep = centre is not None
+        if keep and (tuple(centre.shape) != tuple(x.shape) or centre is out):
+            raise ValueError("centre must be an array of x's shape other than out")
+        dbuf = centre if keep else out
         parts = self._parts(n)
         hi = (sum(self._parallel(lambda p: self._blocksum(x[p]), parts)) / n).astype(x.dtype)
 
-        def centre(p: slice) -> tuple[Array, Array]:
-            d = out[p]
+        def centre_part(p: slice) -> tuple[Array, Array]:
+            d = dbuf[p]
             xp.subtract(x[p], hi, out=d)
             return self._colsum(d), self._colsum(d, d)
 
-        s1, s2 = zip(*self._parallel(centre, parts), strict=True)
+        s1, s2 = zip(*self._parallel(centre_part, parts), strict=True)
         resid = sum(s1) / n
         var = xp.maximum(sum(s2) / n - resid * resid, 0.0)
         mean = hi.astype(np.float64) + resid
@@ -278,7 +293,7 @@ class Backend:
 
         def apply(p: slice) -> None:
             y = out[p]
-            xp.multiply(y, scale, out=y)
+            xp.multiply(dbuf[p], scale, out=y)
             xp.add(y, shift, out=y)
             if relu:
                 xp.maximum(y, zero, out=y)
@@ -287,7 +302,7 @@ class Backend:
         m = float(momentum)
         running_mean[...] = (1 - m) * running_mean + m * mean
         running_var[...] = (1 - m) * running_var + (m * n / (n - 1)) * var
-        return out, mean, invstd
+        return out, (resid if keep else mean), invstd
 
     def batchnorm_forward_infer(
         self,
@@ -318,6 +333,9 @@ class Backend:
         self._parallel(apply, self._parts(x.shape[0]))
         return out
 
+    #: rows per block of the ReLU mask when ``batchnorm_backward`` overwrites ``dy``
+    MASK_ROWS = 64
+
     def batchnorm_backward(
         self,
         dy: Array,
@@ -329,6 +347,8 @@ class Backend:
         dbeta: Array,
         y: Array | None = None,
         out: Array | None = None,
+        centred: bool = False,
+        overwrite_dy: bool = False,
     ) -> Array:
         """Backward of training-mode batch norm; returns ``dx``, fills ``dgamma``/``dbeta``.
 
@@ -338,20 +358,42 @@ class Backend:
         ``dx = gamma * invstd * (g - dbeta / n - x_hat * dgamma / n)``. ``d`` is used as
         ``(x - hi) - lo`` (``mean = hi + lo``) with the ``lo`` terms folded into per-column
         constants: ``sum(g * d) = sum(g * (x - hi)) - lo * sum(g)``.
+
+        ``centred``: ``x`` is the forward's ``centre`` (its mean is ``mean``, small next to
+        its spread), used as it is, the whole mean folded (``hi = 0``): no centring pass;
+        ``out`` may then be ``x`` itself. ``overwrite_dy``: the masked gradient is formed in
+        ``dy`` (in blocks of ``MASK_ROWS`` rows) rather than in a scratch array.
         """
         xp = self.xp
         n = x.shape[0]
         out = self._out(out, x.shape, x.dtype)
-        g = self._workspace("bn_g", x.shape, x.dtype) if y is not None else dy
-        hi, lo = self._split(mean, x.dtype)
+        if out is x and not centred:
+            raise ValueError("out may be x only with centred=True")
+        if y is None or overwrite_dy:
+            g = dy
+        else:
+            g = self._workspace("bn_g", x.shape, x.dtype)
+        if centred:
+            hi, lo = None, mean
+        else:
+            hi, lo = self._split(mean, x.dtype)
         parts = self._parts(n)
 
         def sums(p: slice) -> tuple[Array, Array]:
-            if y is not None:  # the ReLU mask as 0.0 / 1.0 straight from the comparison
+            if y is not None and overwrite_dy:
+                mask = self._workspace("bn_mask", (self.MASK_ROWS, x.shape[1]), x.dtype)
+                for s in range(p.start, p.stop, self.MASK_ROWS):
+                    e = min(s + self.MASK_ROWS, p.stop)
+                    xp.greater(y[s:e], 0, out=mask[: e - s])
+                    xp.multiply(dy[s:e], mask[: e - s], out=dy[s:e])
+            elif y is not None:  # the ReLU mask as 0.0 / 1.0 straight from the comparison
                 xp.greater(y[p], 0, out=g[p])
                 xp.multiply(g[p], dy[p], out=g[p])
-            d = out[p]
-            xp.subtract(x[p], hi, out=d)
+            if centred:
+                d = x[p]
+            else:
+                d = out[p]
+                xp.subtract(x[p], hi, out=d)
             return self._colsum(g[p]), self._colsum(g[p], d)
 
         s1, s2 = zip(*self._parallel(sums, parts), strict=True)
@@ -366,7 +408,7 @@ class Backend:
 
         def apply(p: slice) -> None:
             dx = out[p]
-            xp.multiply(dx, k_d, out=dx)
+            xp.multiply(x[p] if centred else dx, k_d, out=dx)
             xp.add(dx, k_0, out=dx)
             xp.add(dx, g[p], out=dx)
             xp.multiply(dx, k_1, out=dx)
@@ -454,8 +496,8 @@ class Backend:
         parts = self._parts(w.shape[0], min_size=self.CHUNK)
 
         def run(i: int) -> None:
-            a = self._workspace(f"opt_g{i}", (self.CHUNK,), w.dtype)
-            b = self._workspace(f"opt_t{i}", (self.CHUNK,), w.dtype)
+            a = self._workspace("opt_g", (self.CHUNK,), w.dtype)
+            b = self._workspace("opt_t", (self.CHUNK,), w.dtype)
             part = parts[i]
             for start in range(part.start, part.stop, self.CHUNK):
                 sl = slice(start, min(start + self.CHUNK, part.stop))

@@ -325,6 +325,8 @@ class CupyBackend(Backend):
     name = "gpu"
     #: the MLP fuses BatchNorm + ReLU into one op on this backend
     fuses_bn_relu = True
+    #: the kernels read x and write y / dx in one pass each: no in-place centring to gain
+    bn_centre_in_place = False
 
     def __init__(self, device: int = 0) -> None:
         import cupy

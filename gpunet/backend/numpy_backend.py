@@ -157,8 +157,8 @@ class NumpyBackend(Backend):
         pg = g.ctypes.data
 
         def run(i: int) -> None:
-            a = self._workspace(f"opt_g{i}", (self.CHUNK,), w.dtype)
-            b = self._workspace(f"opt_t{i}", (self.CHUNK,), w.dtype)
+            a = self._workspace("opt_g", (self.CHUNK,), w.dtype)
+            b = self._workspace("opt_t", (self.CHUNK,), w.dtype)
             pa, pb = a.ctypes.data, b.ctypes.data
             part = parts[i]
             for s in range(part.start, part.stop, self.CHUNK):
