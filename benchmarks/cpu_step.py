@@ -6,7 +6,9 @@ written the obvious way. Both get the same number of threads. Each side runs in 
 process (so neither pays for the other's idle, spinning BLAS / OpenMP threads), and the two
 take turns: ``repeats`` rounds of ``steps`` steps each, alternating which goes first, so drift
 and noise from a shared machine hit both alike. Prints the best round's samples/s for each (the
-least disturbed; the median beside it) and the ratio gpunet / baseline; ``--json PATH`` writes
+least disturbed; the median beside it) and the ratio gpunet / baseline, and the median and
+quartiles of the per-round ratios (the two runs of a round are back to back, so each ratio is
+taken in one machine state: the most robust figure on a noisy machine); ``--json PATH`` writes
 every round.
 
     python benchmarks/cpu_step.py [--steps 20] [--repeats 7] [--threads N] [--same-process]
@@ -254,6 +256,9 @@ def main() -> None:
     sps = {k: args.batch / t for k, t in best.items()}
     ratio = sps["gpunet"] / sps[baseline]
     ratio_med = med[baseline] / med["gpunet"]
+    # each round's two runs were back to back: their ratio shares the machine's state
+    paired = np.array(times[baseline]) / np.array(times["gpunet"])
+    q1, q2, q3 = (float(q) for q in np.percentile(paired, [25, 50, 75]))
     how = "same process" if args.same_process else "one process each"
     print(f"MLP {'-'.join(map(str, SIZES))}, BN+ReLU, Adam, batch {args.batch}, float32, "
           f"{args.threads} threads, {how}, {args.repeats} x {args.steps} steps, "
@@ -262,11 +267,15 @@ def main() -> None:
         print(f"  {name:8s} {best[name] * 1e3:8.2f} ms/step  {sps[name]:10,.0f} samples/s  "
               f"(best of {args.repeats}; median {med[name] * 1e3:.2f} ms)")
     print(f"  ratio gpunet / {baseline}: {ratio:.2f}x (best), {ratio_med:.2f}x (median)")
+    print(f"  per-round ratio (each round's runs back to back): median {q2:.2f}x, "
+          f"quartiles {q1:.2f}x-{q3:.2f}x, {int((paired > 1).sum())} of {len(paired)} "
+          f"rounds above 1")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"batch": args.batch, "threads": args.threads, "baseline": baseline,
                        "same_process": args.same_process, "seconds_per_step": times,
-                       "samples_per_s": sps, "ratio": ratio, "ratio_median": ratio_med}, f,
+                       "samples_per_s": sps, "ratio": ratio, "ratio_median": ratio_med,
+                       "ratio_paired_median": q2, "ratio_paired_quartiles": [q1, q3]}, f,
                       indent=2)
 
 
