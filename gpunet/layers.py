@@ -122,13 +122,15 @@ class Dense(Layer):
         if self._x is None:
             raise RuntimeError("Dense.backward called before forward")
         be = self.backend
-        be.matmul(self._x.T, dy, out=self.grads["W"])
+        dx = None
+        if need_dx:  # dW and dx are independent: one call lets the backend run them together
+            dx = self._buf("dx", (dy.shape[0], self.in_features))
+            be.matmuls([(self._x.T, dy, self.grads["W"]), (dy, self.params["W"].T, dx)])
+        else:
+            be.matmul(self._x.T, dy, out=self.grads["W"])
         if self.bias:
             be.sum_rows(dy, out=self.grads["b"])
-        if not need_dx:
-            return None
-        dx = self._buf("dx", (dy.shape[0], self.in_features))
-        return be.matmul(dy, self.params["W"].T, out=dx)
+        return dx
 
     def __repr__(self) -> str:
         return (

@@ -79,6 +79,41 @@ def test_matmul_strided_out_and_aliasing(nb, rng):
     assert rel(sq, ref2) < 1e-5
 
 
+@pytest.mark.parametrize("shapes", [
+    [(1024, 512, 1024, True, False), (512, 1024, 1024, False, True)],  # dW and dx, hidden
+    [(1024, 512, 10, True, False), (512, 10, 1024, False, True)],      # dW and dx, output
+    [(300, 333, 257, False, False), (3, 5, 2, False, False), (64, 64, 64, False, True)],
+])
+def test_matmuls_side_by_side_match_float64(nb, rng, shapes):
+    """``matmuls`` (the threads shared out among independent products) against float64,
+    for more products than threads too; outputs are views into one flat buffer."""
+    products, refs = [], []
+    flat = np.full(sum(m * n for m, _, n, _, _ in shapes) + 5, np.nan, np.float32)
+    at = 5
+    for m, k, n, ta, tb in shapes:
+        a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
+        b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
+        a_, b_ = (a.T if ta else a), (b.T if tb else b)
+        out = flat[at:at + m * n].reshape(m, n)
+        at += m * n
+        products.append((a_, b_, out))
+        refs.append(a_.astype(np.float64) @ b_.astype(np.float64))
+    nb.matmuls(products)
+    for (_, _, out), ref in zip(products, refs, strict=True):
+        assert rel(out, ref) < 1e-5
+    assert np.isnan(flat[:5]).all()
+
+
+def test_matmuls_aliasing_falls_back(nb, rng):
+    sq = rng.standard_normal((128, 128)).astype(np.float32)
+    other = rng.standard_normal((128, 128)).astype(np.float32)
+    ref1 = sq.astype(np.float64) @ sq.astype(np.float64)
+    out2 = np.empty((128, 128), np.float32)
+    ref2 = other.astype(np.float64) @ other.astype(np.float64)
+    nb.matmuls([(sq, sq.copy(), sq), (other, other, out2)])  # the first writes its input
+    assert rel(sq, ref1) < 1e-5 and rel(out2, ref2) < 1e-5
+
+
 def test_matmul_restores_blas_threads():
     threadpoolctl = pytest.importorskip("threadpoolctl")
     be = NumpyBackend(threads=2)

@@ -174,6 +174,12 @@ class Backend:
         """``a @ b``; pass transposed views (``x.T``) for the backward products."""
         return self.xp.matmul(a, b, out=out)
 
+    def matmuls(self, products: list[tuple[Array, Array, Array]]) -> None:
+        """``out = a @ b`` for every ``(a, b, out)``; the products are independent (none
+        writes what another reads), so a backend may run them side by side."""
+        for a, b, out in products:
+            self.matmul(a, b, out=out)
+
     def add_bias(self, z: Array, b: Array) -> Array:
         """``z += b`` over rows, in place."""
         self.xp.add(z, b, out=z)
