@@ -13,7 +13,9 @@
 #   train     gpunet train digits on the GPU and on the CPU, metrics side by side
 #   extra     benchmarks/train_step.py when it exists, then every benchmarks/gpu_check.d/*.sh
 # With $OUT set, each step's log is also written to $OUT/<step>.log, the kernel results to
-# $OUT/kernels.json and a summary to $OUT/summary.txt.
+# $OUT/kernels.json and a summary to $OUT/summary.txt. GPU_CHECK_STEPS="tests train ..." runs
+# only the steps named (gpu, install and pytest always run); GPU_CHECK_D=0 leaves out the
+# gpu_check.d scripts from the extra step.
 # Time limits per step keep the whole run well under five minutes.
 
 set -u
@@ -32,6 +34,10 @@ SUMMARY=()
 step() {  # step NAME TIMEOUT_S CMD...
     local name=$1 limit=$2
     shift 2
+    case " gpu install pytest ${GPU_CHECK_STEPS:-$name} " in
+        *" $name "*) ;;
+        *) echo "=================== $name: skipped (GPU_CHECK_STEPS)"; return 0 ;;
+    esac
     local start rc
     start=$(date +%s)
     echo
@@ -160,7 +166,7 @@ extra() {
         GPUNET_DEVICE=gpu BENCH_JSON="${OUTDIR:+$OUTDIR/train_step.json}" \
             "$PY" benchmarks/train_step.py || rc=1
     fi
-    if [ -d benchmarks/gpu_check.d ]; then
+    if [ -d benchmarks/gpu_check.d ] && [ "${GPU_CHECK_D:-1}" != 0 ]; then
         local f
         for f in benchmarks/gpu_check.d/*.sh; do
             [ -e "$f" ] || continue
@@ -200,7 +206,8 @@ if [ -f "$ENVFILE" ]; then
 fi
 step pytest 60 ensure_pytest
 step tests 150 pytest_run tests/test_cupy_backend.py tests/test_backend.py tests/test_layers.py \
-    tests/test_model.py tests/test_torch_parity.py tests/test_optim.py tests/test_step.py -q -rs -p no:cacheprovider --maxfail=10
+    tests/test_model.py tests/test_torch_parity.py tests/test_optim.py tests/test_step.py \
+    tests/test_numpy_fastpath.py -q -rs -p no:cacheprovider --maxfail=10
 KJSON=()
 if [ -n "$OUTDIR" ]; then KJSON=(--json "$OUTDIR/kernels.json"); fi
 step kernels 110 "$PY" benchmarks/kernels.py "${KJSON[@]}"
