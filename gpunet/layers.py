@@ -175,7 +175,7 @@ class BatchNorm(Layer):
         stat_dtype = np.float64 if self.dtype == np.float64 else np.float32
         self.running_mean = be.zeros((c,), dtype=stat_dtype)
         self.running_var = be.asarray(np.ones(c, dtype=stat_dtype))
-        self._saved: tuple[Array, Array, Array, Array | None, bool] | None = None
+        self._saved: tuple[Any, ...] | None = None
 
     def forward(self, x: Array, training: bool = False, relu: bool = False,
                 inplace: bool = False) -> Array:
@@ -190,12 +190,15 @@ class BatchNorm(Layer):
         be, p = self.backend, self.params
         if training:
             centred = bool(inplace and getattr(be, "bn_centre_in_place", False))
-            kw = {"centre": x} if centred else {}
+            kw: dict[str, Any] = {"centre": x} if centred else {}
+            mask = None
+            if centred and relu:  # y > 0 kept as bool: the backward reads 1 byte, not 4
+                mask = kw["relu_mask"] = self._mask_buf(x.shape)
             y, mean, invstd = be.batchnorm_forward_train(
                 x, p["gamma"], p["beta"], self.running_mean, self.running_var,
                 self.momentum, self.eps, relu=relu, out=y, **kw,
             )
-            self._saved = (x, mean, invstd, y if relu else None, centred)
+            self._saved = (x, mean, invstd, y if relu else None, centred, mask)
         else:
             be.batchnorm_forward_infer(
                 x, p["gamma"], p["beta"], self.running_mean, self.running_var,
@@ -208,16 +211,24 @@ class BatchNorm(Layer):
         ``overwrite_dy=True`` lets the op use ``dy``'s memory for the masked gradient."""
         if self._saved is None:
             raise RuntimeError("BatchNorm.backward needs a forward with training=True first")
-        x, mean, invstd, y, centred = self._saved
-        kw = {"centred": True} if centred else {}
+        x, mean, invstd, y, centred, mask = self._saved
+        kw: dict[str, Any] = {"centred": True} if centred else {}
         if overwrite_dy and y is not None and getattr(self.backend, "bn_centre_in_place",
                                                       False):
             kw["overwrite_dy"] = True
+        if mask is not None:
+            kw["relu_mask"], y = mask, None
         dx = x if centred else self._buf("dx", x.shape)
         return self.backend.batchnorm_backward(
             dy, x, self.params["gamma"], mean, invstd,
             self.grads["gamma"], self.grads["beta"], y=y, out=dx, **kw,
         )
+
+    def _mask_buf(self, shape: tuple[int, ...]) -> Array:
+        buf = self._buffers.get("relu_mask")
+        if buf is None or buf.shape != shape:
+            buf = self._buffers["relu_mask"] = self.backend.empty(shape, dtype=np.bool_)
+        return buf
 
     def buffers(self) -> dict[str, Array]:
         return {"running_mean": self.running_mean, "running_var": self.running_var}

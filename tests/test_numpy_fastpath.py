@@ -333,25 +333,29 @@ def test_blas1_off_by_environment(monkeypatch):
 
 
 # ---------------------------------------------------------------- batch norm, centred in place
-def _run_in_place(be, x, gamma, beta, rm, rv, dy, relu):
+def _run_in_place(be, x, gamma, beta, rm, rv, dy, relu, bool_mask=False):
     """The MLP's CPU path: x centred in place by the forward, dx written over it, the masked
-    gradient formed in dy."""
+    gradient formed in dy (from y, or from the forward's bool mask)."""
     x, dy, rm, rv = x.copy(), dy.copy(), rm.copy(), rv.copy()
+    mask = np.zeros(x.shape, bool) if (relu and bool_mask) else None
     y, mean_c, invstd = be.batchnorm_forward_train(x, gamma, beta, rm, rv, 0.1, 1e-5,
-                                                   relu=relu, centre=x)
+                                                   relu=relu, centre=x, relu_mask=mask)
     y = y.copy()
+    if mask is not None:
+        np.testing.assert_array_equal(mask, y > 0)
     dgamma, dbeta = np.zeros_like(gamma), np.zeros_like(gamma)
     dx = be.batchnorm_backward(dy, x, gamma, mean_c, invstd, dgamma, dbeta,
-                               y=y if relu else None, out=x, centred=True, overwrite_dy=True)
+                               y=y if relu and mask is None else None, out=x, centred=True,
+                               overwrite_dy=True, relu_mask=mask)
     assert dx is x
     return y, mean_c, invstd, rm, rv, dx.copy(), dgamma, dbeta
 
 
 @pytest.mark.parametrize("shape", BN_SHAPES)
-@pytest.mark.parametrize("relu", [False, True])
-def test_batchnorm_centred_in_place_matches_float64(nb, rng, shape, relu):
+@pytest.mark.parametrize("relu,bool_mask", [(False, False), (True, False), (True, True)])
+def test_batchnorm_centred_in_place_matches_float64(nb, rng, shape, relu, bool_mask):
     args = _bn_inputs(rng, shape)
-    got = _run_in_place(nb, *args, relu)
+    got = _run_in_place(nb, *args, relu, bool_mask)
     ref = _ref64(*args, relu)
     names = ["y", "mean", "invstd", "running_mean", "running_var", "dx", "dgamma", "dbeta"]
     for name, f, r in zip(names, got, ref, strict=True):
@@ -367,7 +371,7 @@ def test_batchnorm_centred_in_place_matches_float64(nb, rng, shape, relu):
 def test_batchnorm_centred_in_place_hard_values(nb, rng):
     """Mean 1e4, std 1e-2: centring in place loses nothing against the out-of-place op."""
     x, gamma, beta, rm, rv, dy = _bn_inputs(rng, (512, 37), hard=True)
-    got = _run_in_place(nb, x, gamma, beta, rm, rv, dy, True)
+    got = _run_in_place(nb, x, gamma, beta, rm, rv, dy, True, bool_mask=True)
     base = _run(nb, Backend, x, gamma, beta, rm, rv, dy, True)
     ref = _ref64(x, gamma, beta, rm, rv, dy, True)
     for i in (0, 2, 5, 6, 7):  # y, invstd, dx, dgamma, dbeta

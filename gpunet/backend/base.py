@@ -248,6 +248,7 @@ class Backend:
         relu: bool = False,
         out: Array | None = None,
         centre: Array | None = None,
+        relu_mask: Array | None = None,
     ) -> tuple[Array, Array, Array]:
         """Training-mode batch norm over (n, C) ``x``; returns ``(y, mean, invstd)``.
 
@@ -267,7 +268,9 @@ class Backend:
         the returned ``mean`` is then ``mean(d)``, the mean of what ``centre`` holds, and
         ``batchnorm_backward(..., x=centre, mean=that, centred=True)`` skips re-centring.
         (The MLP centres its private Dense outputs in place this way on the CPU: one pass
-        over memory fewer in the backward.)
+        over memory fewer in the backward.) ``relu_mask`` (bool (n, C), with ``relu``)
+        receives ``y > 0``, which the backward then reads instead of ``y`` (a quarter of the
+        bytes).
         """
         xp = self.xp
         n = x.shape[0]
@@ -303,6 +306,8 @@ class Backend:
             xp.add(y, shift, out=y)
             if relu:
                 xp.maximum(y, zero, out=y)
+                if relu_mask is not None:
+                    xp.greater(y, zero, out=relu_mask[p])
 
         self._parallel(apply, parts)
         m = float(momentum)
@@ -355,6 +360,7 @@ class Backend:
         out: Array | None = None,
         centred: bool = False,
         overwrite_dy: bool = False,
+        relu_mask: Array | None = None,
     ) -> Array:
         """Backward of training-mode batch norm; returns ``dx``, fills ``dgamma``/``dbeta``.
 
@@ -369,13 +375,15 @@ class Backend:
         its spread), used as it is, the whole mean folded (``hi = 0``): no centring pass;
         ``out`` may then be ``x`` itself. ``overwrite_dy``: the masked gradient is formed in
         ``dy`` (in blocks of ``MASK_ROWS`` rows) rather than in a scratch array.
+        ``relu_mask``: the forward's bool ``y > 0``, used in place of ``y``.
         """
         xp = self.xp
         n = x.shape[0]
         out = self._out(out, x.shape, x.dtype)
         if out is x and not centred:
             raise ValueError("out may be x only with centred=True")
-        if y is None or overwrite_dy:
+        masked = y is not None or relu_mask is not None
+        if not masked or overwrite_dy:
             g = dy
         else:
             g = self._workspace("bn_g", x.shape, x.dtype)
@@ -386,7 +394,9 @@ class Backend:
         parts = self._parts(n)
 
         def sums(p: slice) -> tuple[Array, Array]:
-            if y is not None and overwrite_dy:
+            if relu_mask is not None:
+                xp.multiply(dy[p], relu_mask[p], out=g[p])
+            elif y is not None and overwrite_dy:
                 mask = self._workspace("bn_mask", (self.MASK_ROWS, x.shape[1]), x.dtype)
                 for s in range(p.start, p.stop, self.MASK_ROWS):
                     e = min(s + self.MASK_ROWS, p.stop)
