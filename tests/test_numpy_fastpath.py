@@ -405,3 +405,25 @@ def test_mlp_gradients_same_with_and_without_in_place_batchnorm(nb, rng, dropout
         logits.append(out)
     np.testing.assert_array_equal(logits[0], logits[1])
     assert rel(grads[1], grads[0]) < 1e-5
+
+
+@pytest.mark.parametrize("layout", ["sorted", "every16th"])
+def test_batchnorm_shift_from_a_sample_survives_adversarial_rows(nb, rng, layout):
+    """The centring shift comes from every k-th row: sorted batches and rows placed exactly
+    on the sample still give float32-accurate statistics (the sample's mean is within 4 std
+    of the batch mean whatever the data)."""
+    n, c = 512, 24
+    x = 1e3 + rng.standard_normal((n, c))
+    if layout == "sorted":
+        x[: n // 2] += 50.0  # two clusters, the first sampled half of the rows
+    else:
+        x[::16] += 200.0  # the sampled rows sit far from the rest
+    x = x.astype(np.float32)
+    gamma, beta = np.ones(c, np.float32), np.zeros(c, np.float32)
+    rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
+    y, mean, invstd = nb.batchnorm_forward_train(x.copy(), gamma, beta, rm, rv, 0.1, 1e-5)
+    x64 = x.astype(np.float64)
+    var64 = x64.var(0)
+    assert rel(mean, x64.mean(0)) < 1e-7
+    assert rel(invstd, 1 / np.sqrt(var64 + 1e-5)) < 2e-6
+    assert np.abs(y - (x64 - x64.mean(0)) / np.sqrt(var64 + 1e-5)).max() < 1e-4
