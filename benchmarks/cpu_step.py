@@ -11,7 +11,7 @@ quartiles of the per-round ratios (the two runs of a round are back to back, so 
 taken in one machine state: the most robust figure on a noisy machine); ``--json PATH`` writes
 every round.
 
-    python benchmarks/cpu_step.py [--steps 20] [--repeats 7] [--threads N] [--same-process]
+    python benchmarks/cpu_step.py [--steps 10] [--repeats 25] [--threads N] [--same-process]
                                    [--baseline auto|torch|numpy] [--json out.json]
 """
 
@@ -215,8 +215,8 @@ class Worker:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=512)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=25)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--baseline", choices=["auto", "torch", "numpy"], default="auto")
     ap.add_argument("--same-process", action="store_true",
