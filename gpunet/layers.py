@@ -210,7 +210,8 @@ class BatchNorm(Layer):
         """Backward of the training forward (fills ``grads["gamma"]``, ``grads["beta"]``).
         ``overwrite_dy=True`` lets the op use ``dy``'s memory for the masked gradient."""
         if self._saved is None:
-            raise RuntimeError("BatchNorm.backward needs a forward with training=True first")
+            raise RuntimeError("BatchNorm.backward needs a forward with training=True first "
+                               "(one per backward when the forward ran in place)")
         x, mean, invstd, y, centred, mask = self._saved
         kw: dict[str, Any] = {"centred": True} if centred else {}
         if overwrite_dy and y is not None and getattr(self.backend, "bn_centre_in_place",
@@ -219,6 +220,8 @@ class BatchNorm(Layer):
         if mask is not None:
             kw["relu_mask"], y = mask, None
         dx = x if centred else self._buf("dx", x.shape)
+        if centred:  # dx goes over the saved centred batch: a second backward needs a forward
+            self._saved = None
         return self.backend.batchnorm_backward(
             dy, x, self.params["gamma"], mean, invstd,
             self.grads["gamma"], self.grads["beta"], y=y, out=dx, **kw,

@@ -427,3 +427,15 @@ def test_batchnorm_shift_from_a_sample_survives_adversarial_rows(nb, rng, layout
     assert rel(mean, x64.mean(0)) < 1e-7
     assert rel(invstd, 1 / np.sqrt(var64 + 1e-5)) < 2e-6
     assert np.abs(y - (x64 - x64.mean(0)) / np.sqrt(var64 + 1e-5)).max() < 1e-4
+
+
+def test_mlp_second_backward_after_in_place_batchnorm_is_an_error(rng):
+    """The in-place backward writes dx over the saved batch: a second backward without a new
+    forward must fail loudly, not use the overwritten data."""
+    model = gn.MLP(12, hidden=[16], classes=3, backend=NumpyBackend(threads=2), seed=0)
+    x = rng.standard_normal((32, 12)).astype(np.float32)
+    _, dl = model.backend.softmax_cross_entropy(model.forward(x, training=True),
+                                                rng.integers(0, 3, 32))
+    model.backward(dl)
+    with pytest.raises(RuntimeError, match="one per backward"):
+        model.backward(dl)
