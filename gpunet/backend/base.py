@@ -78,8 +78,8 @@ class Backend:
     dtype = np.float32
     #: the MLP runs BatchNorm + ReLU as one op (``relu=True``) when this is set
     fuses_bn_relu = True
-    #: batch norm takes ``centre=`` / ``centred=`` / ``overwrite_dy=`` (the MLP then centres
-    #: its Dense outputs in place and reuses gradient buffers)
+    #: batch norm takes ``centre=`` / ``centred=`` / ``overwrite_dy=`` / ``relu_mask=`` (the
+    #: MLP then centres its Dense outputs in place and reuses gradient buffers)
     bn_centre_in_place = True
 
     # ------------------------------------------------------------------ arrays
@@ -299,15 +299,15 @@ class Backend:
         s1, s2 = zip(*self._parallel(centre_part, parts), strict=True)
         resid = sum(s1) / n
         var = xp.maximum(sum(s2) / n - resid * resid, 0.0)
-        shift = hi.astype(np.float64)
+        centred_at = hi.astype(np.float64)
         if bool(xp.any(resid * resid > var)):  # an unrepresentative sample: centre again
             again = resid.astype(x.dtype)
             s1, s2 = zip(*self._parallel(lambda p: centre_part(p, dbuf, again), parts),
                          strict=True)
-            shift = shift + again.astype(np.float64)
+            centred_at = centred_at + again.astype(np.float64)
             resid = sum(s1) / n
             var = xp.maximum(sum(s2) / n - resid * resid, 0.0)
-        mean = shift + resid
+        mean = centred_at + resid
         invstd = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)
         scale = (invstd * gamma).astype(x.dtype)
         shift = (beta - resid * scale).astype(x.dtype)
