@@ -214,11 +214,8 @@ class BatchNorm(Layer):
                                "(one per backward when the forward ran in place)")
         x, mean, invstd, y, centred, mask = self._saved
         kw: dict[str, Any] = {"centred": True} if centred else {}
-        if overwrite_dy and y is not None and getattr(self.backend, "bn_centre_in_place",
-                                                      False):
-            kw["overwrite_dy"] = True
-        if mask is not None:
-            kw["relu_mask"], y = mask, None
+        if mask is not None:  # only set by an in-place forward
+            kw["relu_mask"], kw["overwrite_dy"], y = mask, overwrite_dy, None
         dx = x if centred else self._buf("dx", x.shape)
         if centred:  # dx goes over the saved centred batch: a second backward needs a forward
             self._saved = None

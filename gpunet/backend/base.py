@@ -357,9 +357,6 @@ class Backend:
         self._parallel(apply, self._parts(x.shape[0]))
         return out
 
-    #: rows per block of the ReLU mask when ``batchnorm_backward`` overwrites ``dy``
-    MASK_ROWS = 64
-
     def batchnorm_backward(
         self,
         dy: Array,
@@ -386,9 +383,9 @@ class Backend:
 
         ``centred``: ``x`` is the forward's ``centre`` (its mean is ``mean``, small next to
         its spread), used as it is, the whole mean folded (``hi = 0``): no centring pass;
-        ``out`` may then be ``x`` itself. ``overwrite_dy``: the masked gradient is formed in
-        ``dy`` (in blocks of ``MASK_ROWS`` rows) rather than in a scratch array.
-        ``relu_mask``: the forward's bool ``y > 0``, used in place of ``y``.
+        ``out`` may then be ``x`` itself. ``relu_mask``: the forward's bool ``y > 0``, used
+        in place of ``y``; with ``overwrite_dy`` the masked gradient is formed in ``dy``
+        rather than in a scratch array.
         """
         xp = self.xp
         n = x.shape[0]
@@ -396,7 +393,7 @@ class Backend:
         if out is x and not centred:
             raise ValueError("out may be x only with centred=True")
         masked = y is not None or relu_mask is not None
-        if not masked or overwrite_dy:
+        if not masked or (overwrite_dy and relu_mask is not None):
             g = dy
         else:
             g = self._workspace("bn_g", x.shape, x.dtype)
@@ -409,12 +406,6 @@ class Backend:
         def sums(p: slice) -> tuple[Array, Array]:
             if relu_mask is not None:
                 xp.multiply(dy[p], relu_mask[p], out=g[p])
-            elif y is not None and overwrite_dy:
-                mask = self._workspace("bn_mask", (self.MASK_ROWS, x.shape[1]), x.dtype)
-                for s in range(p.start, p.stop, self.MASK_ROWS):
-                    e = min(s + self.MASK_ROWS, p.stop)
-                    xp.greater(y[s:e], 0, out=mask[: e - s])
-                    xp.multiply(dy[s:e], mask[: e - s], out=dy[s:e])
             elif y is not None:  # the ReLU mask as 0.0 / 1.0 straight from the comparison
                 xp.greater(y[p], 0, out=g[p])
                 xp.multiply(g[p], dy[p], out=g[p])

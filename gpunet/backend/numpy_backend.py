@@ -162,33 +162,13 @@ class NumpyBackend(Backend):
             isinstance(a, np.ndarray) and a.dtype == np.float32 and a.ndim == 1
             and a.shape == n and a.flags.c_contiguous for a in arrays)
 
-    def _blas1_chunks(
-        self,
-        w: Array,
-        g: Array,
-        decay: float,
-        decay_mask: Array | None,
-        body: Callable[[int, int, Array, int, Array, int], None],
-    ) -> None:
-        """The reference's ``_for_chunks`` with addresses for the BLAS:
-        ``body(start, stop, gd, gd_address, t, t_address)`` per chunk; the address of a state
-        array's chunk is its base address plus ``4 * start``. The BLAS is held at one thread
-        (the chunks are already spread over the backend's threads)."""
-        parts = self._parts(w.shape[0], min_size=self.CHUNK)
-        pg = g.ctypes.data
-
-        def run(i: int) -> None:
-            a = self._workspace("opt_g", (self.CHUNK,), w.dtype)
-            b = self._workspace("opt_t", (self.CHUNK,), w.dtype)
-            pa, pb = a.ctypes.data, b.ctypes.data
-            part = parts[i]
-            for s in range(part.start, part.stop, self.CHUNK):
-                e = min(s + self.CHUNK, part.stop)
-                gd = self._decayed(w, g, slice(s, e), decay, decay_mask, a[: e - s])
-                body(s, e, gd, pa if decay else pg + 4 * s, b[: e - s], pb)
-
+    def _for_chunks(self, w: Array, g: Array, decay: float, decay_mask: Array | None,
+                    body: Callable[[slice, Array, Array], None]) -> None:
+        """The reference's chunk loop with the BLAS held at one thread (the chunks are already
+        spread over the backend's threads). A body finds a state array's chunk at its base
+        address plus ``4 * sl.start``."""
         with self._blas_one_thread():
-            self._parallel(run, list(range(len(parts))))
+            super()._for_chunks(w, g, decay, decay_mask, body)
 
     def sgd_update(
         self, w: Array, g: Array, lr: float, decay: float = 0.0, decay_mask: Array | None = None
@@ -198,10 +178,10 @@ class NumpyBackend(Backend):
             return super().sgd_update(w, g, lr, decay, decay_mask)
         blas, pw = self.blas1, w.ctypes.data
 
-        def body(s: int, e: int, gd: Array, pgd: int, t: Array, pt: int) -> None:
-            blas.axpy(e - s, -lr, pgd, pw + 4 * s)
+        def body(sl: slice, gd: Array, t: Array) -> None:
+            blas.axpy(gd.shape[0], -lr, gd.ctypes.data, pw + 4 * sl.start)
 
-        self._blas1_chunks(w, g, decay, decay_mask, body)
+        self._for_chunks(w, g, decay, decay_mask, body)
 
     def momentum_update(
         self,
@@ -218,11 +198,12 @@ class NumpyBackend(Backend):
             return super().momentum_update(w, g, v, lr, beta, decay, decay_mask)
         blas, pw, pv = self.blas1, w.ctypes.data, v.ctypes.data
 
-        def body(s: int, e: int, gd: Array, pgd: int, t: Array, pt: int) -> None:
-            blas.axpby(e - s, 1.0 - beta, pgd, beta, pv + 4 * s)
-            blas.axpy(e - s, -lr, pv + 4 * s, pw + 4 * s)
+        def body(sl: slice, gd: Array, t: Array) -> None:
+            k, o = gd.shape[0], 4 * sl.start
+            blas.axpby(k, 1.0 - beta, gd.ctypes.data, beta, pv + o)
+            blas.axpy(k, -lr, pv + o, pw + o)
 
-        self._blas1_chunks(w, g, decay, decay_mask, body)
+        self._for_chunks(w, g, decay, decay_mask, body)
 
     def rmsprop_update(
         self,
@@ -241,15 +222,16 @@ class NumpyBackend(Backend):
             return super().rmsprop_update(w, g, s, lr, beta2, eps, decay, decay_mask)
         blas, pw, ps, f = self.blas1, w.ctypes.data, s.ctypes.data, np.float32
 
-        def body(a: int, e: int, gd: Array, pgd: int, t: Array, pt: int) -> None:
+        def body(sl: slice, gd: Array, t: Array) -> None:
+            k, o, pt = gd.shape[0], 4 * sl.start, t.ctypes.data
             np.multiply(gd, gd, out=t)
-            blas.axpby(e - a, 1.0 - beta2, pt, beta2, ps + 4 * a)
-            np.sqrt(s[a:e], out=t)
+            blas.axpby(k, 1.0 - beta2, pt, beta2, ps + o)
+            np.sqrt(s[sl], out=t)
             np.add(t, f(eps), out=t)
             np.divide(gd, t, out=t)
-            blas.axpy(e - a, -lr, pt, pw + 4 * a)
+            blas.axpy(k, -lr, pt, pw + o)
 
-        self._blas1_chunks(w, g, decay, decay_mask, body)
+        self._for_chunks(w, g, decay, decay_mask, body)
 
     def adam_update(
         self,
@@ -275,14 +257,14 @@ class NumpyBackend(Backend):
         pw, pm, pv = w.ctypes.data, m.ctypes.data, v.ctypes.data
         step_size, eps_hat = self._adam_factors(lr, beta1, beta2, eps, step)
 
-        def body(s: int, e: int, gd: Array, pgd: int, t: Array, pt: int) -> None:
-            k, o = e - s, 4 * s
-            blas.axpby(k, 1.0 - beta1, pgd, beta1, pm + o)
+        def body(sl: slice, gd: Array, t: Array) -> None:
+            k, o, pt = gd.shape[0], 4 * sl.start, t.ctypes.data
+            blas.axpby(k, 1.0 - beta1, gd.ctypes.data, beta1, pm + o)
             np.multiply(gd, gd, out=t)
             blas.axpby(k, 1.0 - beta2, pt, beta2, pv + o)
-            np.sqrt(v[s:e], out=t)
+            np.sqrt(v[sl], out=t)
             np.add(t, f(eps_hat), out=t)
-            np.divide(m[s:e], t, out=t)
+            np.divide(m[sl], t, out=t)
             blas.axpy(k, -step_size, pt, pw + o)
 
-        self._blas1_chunks(w, g, decay, decay_mask, body)
+        self._for_chunks(w, g, decay, decay_mask, body)
