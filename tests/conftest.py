@@ -50,3 +50,17 @@ def rng():
 def host(be, x):
     """A float64 host copy of a backend array."""
     return np.asarray(be.to_host(x), dtype=np.float64)
+
+
+def relu_mask(y_got, pre_ref, tol: float = 1e-5):
+    """The implementation's ReLU mask (y > 0), once it is checked against the float64 one.
+
+    Where the float64 pre-activation `pre_ref` is within rounding of 0 (tol times its largest
+    magnitude) a float32 rounding decides the mask, so the two may differ there and only there.
+    A gradient reference must then follow the implementation's choice: one element moved across
+    0 changes a column sum by a whole term.
+    """
+    got = np.asarray(y_got) > 0
+    near_zero = np.abs(pre_ref) <= tol * np.abs(pre_ref).max()
+    assert not ((got != (pre_ref > 0)) & ~near_zero).any(), "ReLU mask differs away from 0"
+    return got
