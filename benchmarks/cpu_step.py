@@ -260,9 +260,13 @@ def main() -> None:
     paired = np.array(times[baseline]) / np.array(times["gpunet"])
     q1, q2, q3 = (float(q) for q in np.percentile(paired, [25, 50, 75]))
     how = "same process" if args.same_process else "one process each"
+    from gpunet.backend.mkl import blas_choice, cpu_vendor, load_mkl
+
+    vendor = cpu_vendor() or "unknown vendor"
+    blas = "MKL" if load_mkl(blas_choice()) is not None else "NumPy's OpenBLAS"
     print(f"MLP {'-'.join(map(str, SIZES))}, BN+ReLU, Adam, batch {args.batch}, float32, "
           f"{args.threads} threads, {how}, {args.repeats} x {args.steps} steps, "
-          f"{platform.processor() or platform.machine()}")
+          f"{platform.processor() or platform.machine()} ({vendor}), gpunet on {blas}")
     for name in names:
         print(f"  {name:8s} {best[name] * 1e3:8.2f} ms/step  {sps[name]:10,.0f} samples/s  "
               f"(best of {args.repeats}; median {med[name] * 1e3:.2f} ms)")
@@ -273,6 +277,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"batch": args.batch, "threads": args.threads, "baseline": baseline,
+                       "cpu_vendor": vendor, "gpunet_blas": blas,
                        "same_process": args.same_process, "seconds_per_step": times,
                        "samples_per_s": sps, "ratio": ratio, "ratio_median": ratio_med,
                        "ratio_paired_median": q2, "ratio_paired_quartiles": [q1, q3]}, f,

@@ -56,9 +56,23 @@ def collect_info() -> dict[str, Any]:
         "hdf5": h5py.version.hdf5_version,
         "typer": _version("typer"),
         "cupy": cupy_version,
+        "cpu_blas": _cpu_blas(),
         "kernel_cache_dir": kernel_cache_dir(),
-        "GPUNET_DEVICE": os.environ.get("GPUNET_DEVICE"),
+        **{k: os.environ.get(k) for k in ("GPUNET_DEVICE", "GPUNET_BLAS", "GPUNET_THREADS")},
     }
+
+
+def _cpu_blas() -> str:
+    """Which BLAS the CPU backend's products run on, and the CPU vendor that chose it."""
+    import gpunet
+    from gpunet.backend.mkl import cpu_vendor
+
+    try:
+        blas = gpunet.get_backend("cpu").blas
+    except Exception as e:  # noqa: BLE001 - info must not crash
+        return f"unavailable ({e})"
+    name = "MKL" if blas == "mkl" else "NumPy's OpenBLAS"
+    return f"{name} (CPU vendor: {cpu_vendor() or 'unknown'})"
 
 
 def _device_name(be: Any) -> str:

@@ -189,6 +189,7 @@ def test_info_never_crashes(monkeypatch, tmp_path):
     info = json.loads(r.stdout)
     assert info["backend"] in ("cpu", "gpu") and info["kernel_cache_dir"] == str(tmp_path / "kc")
     assert {"gpunet", "numpy", "h5py", "typer", "cupy", "device"} <= set(info)
+    assert info["cpu_blas"].startswith(("MKL (CPU vendor: ", "NumPy's OpenBLAS (CPU vendor: "))
     r = invoke("info")
     assert r.exit_code == 0 and "kernel_cache_dir" in r.stdout
 
@@ -365,3 +366,20 @@ def test_bad_input_gives_one_line_error(case, trained, tmp_path):
     print(f"{case}: {err[0]}")
     assert re.search(BAD[case], err[0]), err[0]
     assert snapshot(tmp_path) == before, "files changed"
+
+
+@pytest.mark.parametrize("var,value,msg", [
+    ("GPUNET_THREADS", "two", "GPUNET_THREADS='two': expected a positive integer"),
+    ("GPUNET_THREADS", "0", "GPUNET_THREADS='0': expected a positive integer"),
+    ("GPUNET_BLAS", "fast", "GPUNET_BLAS='fast': use mkl, openblas or auto"),
+])
+def test_bad_environment_variable_gives_one_line_error(monkeypatch, tmp_path, var, value, msg):
+    import gpunet.backend as backend_module
+
+    monkeypatch.setattr(backend_module, "_cache", {})  # the CPU backend is built afresh
+    monkeypatch.setenv(var, value)
+    r = invoke("train", "digits", "--out", tmp_path / "run", *FAST)
+    assert r.exit_code == 2, (r.output, r.exception)
+    err = [line for line in r.stderr.splitlines() if not line.startswith("warning: ")]
+    assert err == [f"error: {msg}"], r.stderr
+    assert not (tmp_path / "run").exists()

@@ -1,16 +1,21 @@
 """The optional MKL GEMM of the CPU backend (``gpunet[mkl]``; the dev extra installs it)
-against a float64 product, on every operand layout the backend hands it."""
+against a float64 product, on every operand layout the backend hands it; and which BLAS the
+backend picks (MKL on Intel CPUs, NumPy's OpenBLAS elsewhere, ``GPUNET_BLAS`` to choose)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from gpunet.backend.mkl import MklGemm, load_mkl
+import gpunet.backend.mkl as mkl_module
+from gpunet.backend.mkl import MklGemm, blas_choice, cpu_vendor, load_mkl
 from gpunet.backend.numpy_backend import NumpyBackend
+from gpunet.errors import ConfigError
 
-gemm = load_mkl()
-pytestmark = pytest.mark.skipif(gemm is None, reason="MKL is not installed (gpunet[mkl])")
+gemm = load_mkl("mkl")  # on any CPU: the tests check its results, not its speed
+needs_mkl = pytest.mark.skipif(gemm is None, reason="MKL is not installed (gpunet[mkl])")
 
 
 def _views(rng, r, c):
@@ -27,6 +32,7 @@ def _views(rng, r, c):
     }
 
 
+@needs_mkl
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (1, 5, 3), (7, 1, 4), (17, 33, 65), (64, 100, 10)])
 def test_mkl_gemm_every_layout(rng, m, k, n):
     assert isinstance(gemm, MklGemm)
@@ -42,6 +48,7 @@ def test_mkl_gemm_every_layout(rng, m, k, n):
             assert np.isnan(big[:, :4]).all() and np.isnan(big[:, 4 + n:]).all()
 
 
+@needs_mkl
 def test_mkl_refuses_what_it_cannot_do(rng):
     a = rng.standard_normal((6, 4)).astype(np.float32)
     b = rng.standard_normal((4, 5)).astype(np.float32)
@@ -52,7 +59,9 @@ def test_mkl_refuses_what_it_cannot_do(rng):
     assert not gemm.accepts(a, b[:3], np.empty((6, 5), np.float32))  # shapes
 
 
+@needs_mkl
 def test_backend_products_on_mkl_equal_numpys(rng, monkeypatch):
+    monkeypatch.setenv("GPUNET_BLAS", "mkl")
     be = NumpyBackend(threads=2)
     assert be.blas == "mkl"
     monkeypatch.setenv("GPUNET_BLAS", "openblas")
@@ -63,3 +72,38 @@ def test_backend_products_on_mkl_equal_numpys(rng, monkeypatch):
     for a, b in ((x, w), (w.T, x.T), (x[:, :10].T, x)):
         got = be.matmul(a, b, out=np.empty((a.shape[0], b.shape[1]), np.float32))
         np.testing.assert_allclose(got, ref_be.matmul(a, b), rtol=1e-4, atol=1e-4)
+
+
+def test_blas_choice_by_vendor_and_environment(monkeypatch):
+    monkeypatch.delenv("GPUNET_BLAS", raising=False)
+    assert blas_choice("GenuineIntel") == "mkl"
+    assert blas_choice("AuthenticAMD") == "openblas"  # MKL's generic path: slower there
+    assert blas_choice("") == "mkl"  # unknown vendor: MKL, as before the vendor check
+    for env, want in (("mkl", "mkl"), ("openblas", "openblas"), ("numpy", "openblas"),
+                      ("auto", "openblas"), (" MKL ", "mkl")):
+        monkeypatch.setenv("GPUNET_BLAS", env)
+        assert blas_choice("AuthenticAMD") == want, env
+    monkeypatch.setenv("GPUNET_BLAS", "openblas")
+    assert blas_choice("GenuineIntel") == "openblas"
+    monkeypatch.setenv("GPUNET_BLAS", "fastest")
+    with pytest.raises(ConfigError, match="GPUNET_BLAS='fastest': use mkl, openblas or auto"):
+        blas_choice("GenuineIntel")
+
+
+def test_cpu_vendor_is_this_machines():
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    vendors = {ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("vendor_id")}
+    if not vendors:
+        pytest.skip("no vendor_id in /proc/cpuinfo (not an x86 Linux machine)")
+    assert cpu_vendor() in vendors
+
+
+@needs_mkl
+@pytest.mark.parametrize("vendor,blas", [("GenuineIntel", "mkl"), ("AuthenticAMD", "numpy")])
+def test_backend_picks_mkl_only_on_intel(monkeypatch, vendor, blas):
+    monkeypatch.delenv("GPUNET_BLAS", raising=False)
+    monkeypatch.setattr(mkl_module, "cpu_vendor", lambda: vendor)
+    be = NumpyBackend(threads=2)
+    assert be.blas == blas
+    assert be.blas1 is None or be.blas1.source == ("mkl" if blas == "mkl" else "openblas")

@@ -233,7 +233,7 @@ def _blas1_sources():
     from gpunet.backend.mkl import load_mkl
     from gpunet.backend.numpy_backend import _openblas_controllers
 
-    mkl = load_mkl()
+    mkl = load_mkl("mkl")  # on any CPU: tested for its results
     found = {"mkl": load_blas1(mkl.lib) if mkl is not None else None,
              "openblas": load_blas1(None, _openblas_controllers())}
     return {k: v for k, v in found.items() if v is not None}

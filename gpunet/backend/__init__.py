@@ -13,7 +13,7 @@ import os
 import warnings
 from collections.abc import Iterator
 
-from ..errors import GpunetError
+from ..errors import ConfigError, GpunetError
 from .base import Array, Backend, BatchTooSmallError
 from .numpy_backend import NumpyBackend
 
@@ -96,7 +96,8 @@ def get_backend(spec: str | Backend | None = None) -> Backend:
             try:
                 index = int(spec.split(":", 1)[1])
             except ValueError:
-                raise ValueError(f"bad device {spec!r}: expected gpu:N with N an integer") from None
+                raise ConfigError(
+                    f"bad device {spec!r}: expected gpu:N with N an integer") from None
         try:
             be = _probe_gpu(index)
         except ImportError:
@@ -108,7 +109,7 @@ def get_backend(spec: str | Backend | None = None) -> Backend:
                 f"device {spec!r} requested but no usable GPU: {exc}; {INSTALL_HINT}"
             ) from None
     else:
-        raise ValueError(f"unknown device {spec!r}: use auto, cpu, gpu or gpu:N")
+        raise ConfigError(f"unknown device {spec!r}: use auto, cpu, gpu or gpu:N")
     _cache[spec] = be
     return be
 

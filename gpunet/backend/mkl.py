@@ -1,10 +1,12 @@
 """Row-major float32 GEMM through Intel MKL's ``cblas_sgemm``, for the CPU backend.
 
-Optional: used when the ``mkl`` wheel is installed (``pip install "gpunet[mkl]"``) and
-``GPUNET_BLAS`` is not ``openblas``. MKL runs its sequential layer (one thread per call);
-the NumPy backend splits each product over its own threads, as it does with OpenBLAS. On
-the shapes of an MLP training step MKL's single-threaded sgemm is ~14% faster than NumPy's
-OpenBLAS (measured with benchmarks/cpu_step.py's model on a Sapphire Rapids VM).
+Optional: used when the ``mkl`` wheel is installed (``pip install "gpunet[mkl]"``) and the
+CPU is Intel's. MKL runs its sequential layer (one thread per call); the NumPy backend splits
+each product over its own threads, as it does with OpenBLAS. On the shapes of an MLP training
+step (benchmarks/cpu_step.py's model) MKL's single-threaded sgemm made the step ~14% faster
+than NumPy's OpenBLAS on a Sapphire Rapids VM, and ~14% slower on an AMD EPYC (Zen 5) VM,
+where MKL takes its generic code path: so by default MKL serves Intel CPUs only.
+``GPUNET_BLAS=mkl`` uses it on any CPU, ``GPUNET_BLAS=openblas`` on none.
 
 Any 2-D float32 array with a unit stride along one axis is accepted as an operand (a
 C-contiguous block, a column block of a wider array, or a transposed view); ``out`` needs a
@@ -17,11 +19,14 @@ import ctypes
 import ctypes.util
 import glob
 import os
+import platform
 import site
 import sys
 from typing import Any
 
 import numpy as np
+
+from ..errors import ConfigError
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 MKL_THREADING_SEQUENTIAL = 1
@@ -97,10 +102,40 @@ class MklGemm:
         return out
 
 
-def load_mkl() -> MklGemm | None:
-    """MKL's GEMM when the ``mkl`` wheel is installed and ``GPUNET_BLAS`` is not
-    ``openblas``; else None (the backend then uses NumPy's BLAS)."""
-    if os.environ.get("GPUNET_BLAS", "").strip().lower() in ("openblas", "numpy"):
+def cpu_vendor() -> str:
+    """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``, ...), or "" if unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    proc = platform.processor()  # Windows: "Intel64 Family 6 Model 85 Stepping 7, GenuineIntel"
+    for vendor in ("GenuineIntel", "AuthenticAMD"):
+        if vendor in proc:
+            return vendor
+    return ""
+
+
+def blas_choice(vendor: str | None = None) -> str:
+    """``"mkl"`` or ``"openblas"``: ``GPUNET_BLAS`` when set (``mkl``, ``openblas``; ``numpy``
+    means ``openblas``), else MKL unless the CPU is known not to be Intel's."""
+    env = os.environ.get("GPUNET_BLAS", "").strip().lower()
+    if env in ("openblas", "numpy"):
+        return "openblas"
+    if env == "mkl":
+        return "mkl"
+    if env not in ("", "auto"):
+        raise ConfigError(f"GPUNET_BLAS={env!r}: use mkl, openblas or auto")
+    vendor = cpu_vendor() if vendor is None else vendor
+    return "mkl" if vendor in ("", "GenuineIntel") else "openblas"
+
+
+def load_mkl(choice: str | None = None) -> MklGemm | None:
+    """MKL's GEMM when the ``mkl`` wheel is installed and ``choice`` (default:
+    :func:`blas_choice`) is ``"mkl"``; else None (the backend then uses NumPy's BLAS)."""
+    if (choice or blas_choice()) != "mkl":
         return None
     for path in _candidates():
         try:

@@ -23,7 +23,18 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError
 from .base import Array, Backend
+
+
+def _env_threads() -> int | None:
+    """``GPUNET_THREADS`` as a positive integer, or None when it is unset or empty."""
+    env = os.environ.get("GPUNET_THREADS", "").strip()
+    if not env:
+        return None
+    if not env.isdigit() or int(env) < 1:
+        raise ConfigError(f"GPUNET_THREADS={env!r}: expected a positive integer")
+    return int(env)
 
 
 def _openblas_controllers() -> list[Any]:
@@ -57,8 +68,7 @@ class NumpyBackend(Backend):
         from .blas1 import load_blas1
         from .mkl import load_mkl
 
-        env = os.environ.get("GPUNET_THREADS")
-        self.threads = max(1, int(threads or (env and int(env)) or os.cpu_count() or 1))
+        self.threads = max(1, int(threads or _env_threads() or os.cpu_count() or 1))
         openblas = _openblas_controllers()
         self._blas = openblas if self.threads > 1 else []
         #: MKL's sequential sgemm when ``gpunet[mkl]`` is installed (else None: NumPy's BLAS)
