@@ -260,10 +260,10 @@ def main() -> None:
     paired = np.array(times[baseline]) / np.array(times["gpunet"])
     q1, q2, q3 = (float(q) for q in np.percentile(paired, [25, 50, 75]))
     how = "same process" if args.same_process else "one process each"
-    from gpunet.backend.mkl import blas_choice, cpu_vendor, load_mkl
+    from gpunet.backend.mkl import cpu_vendor, load_mkl
 
     vendor = cpu_vendor() or "unknown vendor"
-    blas = "MKL" if load_mkl(blas_choice()) is not None else "NumPy's OpenBLAS"
+    blas = "MKL" if load_mkl() is not None else "NumPy's OpenBLAS"
     print(f"MLP {'-'.join(map(str, SIZES))}, BN+ReLU, Adam, batch {args.batch}, float32, "
           f"{args.threads} threads, {how}, {args.repeats} x {args.steps} steps, "
           f"{platform.processor() or platform.machine()} ({vendor}), gpunet on {blas}")

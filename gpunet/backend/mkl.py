@@ -4,8 +4,8 @@ Optional: used when the ``mkl`` wheel is installed (``pip install "gpunet[mkl]"`
 CPU is Intel's. MKL runs its sequential layer (one thread per call); the NumPy backend splits
 each product over its own threads, as it does with OpenBLAS. On the shapes of an MLP training
 step (benchmarks/cpu_step.py's model) MKL's single-threaded sgemm made the step ~14% faster
-than NumPy's OpenBLAS on a Sapphire Rapids VM, and ~14% slower on an AMD EPYC (Zen 5) VM,
-where MKL takes its generic code path: so by default MKL serves Intel CPUs only.
+than NumPy's OpenBLAS on a Sapphire Rapids VM, and 17% slower (28.2 vs 24.0 ms) on an AMD EPYC
+(Zen 5) VM, where MKL takes its generic code path: so by default MKL serves Intel CPUs only.
 ``GPUNET_BLAS=mkl`` uses it on any CPU, ``GPUNET_BLAS=openblas`` on none.
 
 Any 2-D float32 array with a unit stride along one axis is accepted as an operand (a
