@@ -267,8 +267,8 @@ def _opt_call(be, owner, opt, w, g, s1, s2, lr, step, decay, mask):
 def _opt_ref64(opt, w, g, s1, s2, lr, step, decay, mask, scales=None):
     """The textbook formulas in float64 (DESIGN section 3).
 
-    With `scales` (the previous step's, or None on the first) it also returns, per element, the
-    magnitude each result is summed from: the same formulas with every term made positive. A
+    Returns the results and, per element, the magnitude each is summed from: the same formulas
+    with every term made positive (`scales`: the previous step's, or None on the first). A
     float32 result can't be closer to the truth than a few ulps of that magnitude, whatever
     cancellation leaves of the result itself, so that is what errors are measured against.
     """
