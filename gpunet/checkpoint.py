@@ -139,14 +139,10 @@ def build_model(ckpt: Checkpoint, backend: Any = None) -> Any:
 
     m = ckpt.model
     try:
-        model = MLP(
-            in_features=int(m["in_features"]), hidden=[int(h) for h in m["hidden"]],
-            classes=int(m["classes"]), batchnorm=bool(m["batchnorm"]),
-            dropout=float(m.get("dropout", 0.0)), activation=str(m.get("activation", "relu")),
-            backend=backend, seed=0, bn_momentum=float(m.get("bn_momentum", 0.1)),
-            bn_eps=float(m.get("bn_eps", 1e-5)),
-        )
-    except (KeyError, TypeError, ValueError) as e:
+        if "batchnorm" not in m:
+            raise KeyError("batchnorm")
+        model = MLP.from_config(m, backend=backend, seed=0)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"checkpoint {ckpt.path or ''} has a bad model description: "
                               f"{e}".replace("  ", " ")) from None
     if _norm_layout(model.layout) != _norm_layout(ckpt.layout):

@@ -78,6 +78,22 @@ class MLP:
         self.fuse_bn_relu = bool(getattr(be, "fuses_bn_relu", False))
         self._fused: set[int] = set()
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any], backend: Backend | str | None = None,
+                    seed: int | None = 0, dtype: Any = np.float32) -> MLP:
+        """An MLP from a ``model.config``-shaped dict (``in_features``, ``hidden``,
+        ``classes``; optional ``batchnorm``, ``dropout``, ``activation``, ``bn_momentum``,
+        ``bn_eps``, with the constructor's defaults). Raises ``KeyError`` / ``TypeError`` /
+        ``ValueError`` on a missing or malformed entry."""
+        c = config
+        return cls(
+            in_features=int(c["in_features"]), hidden=[int(h) for h in c["hidden"]],
+            classes=int(c["classes"]), batchnorm=bool(c.get("batchnorm", True)),
+            dropout=float(c.get("dropout", 0.0)), activation=str(c.get("activation", "relu")),
+            backend=backend, seed=seed, bn_momentum=float(c.get("bn_momentum", 0.1)),
+            bn_eps=float(c.get("bn_eps", 1e-5)), dtype=dtype,
+        )
+
     # ------------------------------------------------------------------ flat buffers
     def _build_flat(self) -> None:
         """Allocate the flat buffers and make every layer's params / grads views into them."""

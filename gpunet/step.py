@@ -51,8 +51,7 @@ class TrainStep:
         self.correct = be.zeros((), dtype=np.int64)
         self.loss: Array | None = None
         state = list(optimizer.state.values())
-        on_gpu = hasattr(be, "supports_device_scalars")
-        self.device_scalars = on_gpu and be.supports_device_scalars(
+        self.device_scalars = be.supports_device_scalars(
             model.params, model.grads, model.decay_mask, *state)
         self.scalars = (DeviceScalars(be, optimizer.t, optimizer.lr)
                         if self.device_scalars else None)

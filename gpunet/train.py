@@ -942,10 +942,7 @@ def _should_stop(cfg: TrainConfig, epoch: int, improved_epoch: int) -> bool:
 
 
 def _clone_with(model: MLP, arrays: dict[str, np.ndarray]) -> MLP:
-    c = model.config
-    m = MLP(c["in_features"], c["hidden"], c["classes"], batchnorm=c["batchnorm"],
-            dropout=c["dropout"], activation=c["activation"], backend=model.backend, seed=0,
-            bn_momentum=c["bn_momentum"], bn_eps=c["bn_eps"])
+    m = MLP.from_config(model.config, backend=model.backend, seed=0)
     m.load_state_arrays(arrays)
     return m
 

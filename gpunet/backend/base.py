@@ -82,6 +82,20 @@ class Backend:
     #: MLP then centres its Dense outputs in place and reuses gradient buffers)
     bn_centre_in_place = True
 
+    # ------------------------------------------------------------------ capabilities
+    # What callers may rely on, declared here so that no caller tests ``name``.
+    #: arrays live in device memory apart from the host: data feeds copy batches over
+    device_memory = False
+    #: ops are queued and return before they finish: read results after ``synchronize()``
+    asynchronous = False
+    #: a training step can be recorded once as a graph and replayed (``gpunet.step``)
+    has_graphs = False
+
+    def supports_device_scalars(self, *flat: Array | None) -> bool:
+        """Whether the ``*_update_dev`` ops (learning rate and step count read from device
+        memory, so that a recorded step replays with new values) take these flat arrays."""
+        return False
+
     # ------------------------------------------------------------------ arrays
     def asarray(self, x: Any, dtype: Any = None) -> Array:
         """Array on this backend's device (no copy when it already is one of the right dtype)."""

@@ -327,6 +327,9 @@ class CupyBackend(Backend):
     fuses_bn_relu = True
     #: the kernels read x and write y / dx in one pass each: no in-place centring to gain
     bn_centre_in_place = False
+    device_memory = True
+    asynchronous = True
+    has_graphs = True
 
     def __init__(self, device: int = 0) -> None:
         import cupy
