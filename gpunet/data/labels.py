@@ -1,0 +1,90 @@
+"""Labels: accepted shapes, class ids, class names and the number of classes.
+
+Labels may be ``(n,)``, ``(n, 1)``, ``(1, n)`` or one-hot ``(n, C)``; they are integer-valued
+(floats that are integral are accepted) and ``>= 0``, and come out as int64 ``(n,)`` class ids.
+Class names come from the file (an attribute ``classes`` or a dataset ``list_classes``); then
+``n_classes = len(classes)`` and every label must be below it; otherwise ``n_classes`` is the
+largest label over the splits + 1 (at least the one-hot width)
+(docs/architecture.md, "Data files").
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import DataError
+from .checks import _is_numeric
+
+if TYPE_CHECKING:
+    from .layout import _PartData
+
+
+def _decode_names(value: Any) -> list[str]:
+    """Class names stored as bytes or str, any shape -> a list of str."""
+    arr = np.asarray(value).reshape(-1)
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in arr.tolist()]
+
+
+def _flatten_labels(y: np.ndarray, n: int, where: str) -> tuple[np.ndarray, int]:
+    """Any accepted label shape -> (a 1-D view or array, one-hot width or 0)."""
+    if y.ndim == 1:
+        return y, 0
+    if y.ndim == 2 and y.shape[0] == n and y.shape[1] == 1:
+        return y[:, 0], 0
+    if y.ndim == 2 and y.shape[0] == 1 and y.shape[1] == n:
+        return y[0], 0
+    if y.ndim == 2 and y.shape[0] == n:
+        ok = np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all()
+        if not ok:
+            raise DataError(f"labels {where} shaped {y.shape} are not one-hot (each row one 1)")
+        return np.argmax(y, axis=1), int(y.shape[1])
+    if y.ndim == 2 and (y.shape[0] == 1 or y.shape[1] == 1):
+        return y.reshape(-1), 0
+    raise DataError(f"labels {where} have shape {y.shape}; expected (n,), (n, 1), (1, n) "
+                    "or one-hot (n, C)")
+
+
+def normalize_labels(y: np.ndarray, n: int, where: str) -> tuple[np.ndarray, int]:
+    """Labels of any accepted shape -> (int64 ``(n,)``, one-hot width or 0); DataError if bad.
+
+    ``n`` is the number of samples in X (it tells ``(1, n)`` from ``(n, 1)``).
+    """
+    y = np.asarray(y)
+    if not _is_numeric(y.dtype):
+        raise DataError(f"labels {where} must be numeric class ids, got dtype {y.dtype}")
+    flat, width = _flatten_labels(y, n, where)
+    if flat.shape[0] != n:
+        raise DataError(f"X has {n} samples but labels {where} have {flat.shape[0]}")
+    if flat.dtype.kind == "f":
+        bad = ~np.isfinite(flat) | (flat != np.round(flat))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(f"labels {where} must be integers: found {flat[i].item()!r} at "
+                            f"row {i}")
+    if n and flat.min() < 0:
+        i = int(np.argmin(flat))
+        raise DataError(f"labels {where} must be >= 0: found {flat[i].item()!r} at row {i}")
+    return flat.astype(np.int64), width
+
+
+def _check_label_range(labels: np.ndarray, n_classes: int, where: str, why: str = "") -> None:
+    """DataError naming the first label ``>= n_classes`` (``why`` is appended to the message)."""
+    if labels.size and int(labels.max()) >= n_classes:
+        i = int(np.argmax(labels >= n_classes))
+        raise DataError(f"label {int(labels[i])} {where} (row {i}) is out of range for "
+                        f"{n_classes} classes{why}")
+
+
+def _n_classes(names: list[str] | None, pds: list[tuple[_PartData, str]]) -> int:
+    """``len(names)`` (every labelled part checked against it), else max label + 1 over the
+    parts, at least the widest one-hot width."""
+    if names is not None:
+        for pd, where in pds:
+            if pd.has_labels:
+                _check_label_range(pd.labels, len(names), where,
+                                   f" (the file names {len(names)} classes)")
+        return len(names)
+    top = max((int(pd.labels.max()) + 1 if pd.has_labels else 0) for pd, _ in pds)
+    return max([top] + [pd.onehot for pd, _ in pds])
