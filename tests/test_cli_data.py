@@ -102,3 +102,15 @@ def test_import_npz_and_csv(tmp_path):
 @pytest.mark.parametrize("cmd", ["make", "import", "inspect"])
 def test_help(cmd):
     assert invoke(cmd, "--help").exit_code == 0
+
+
+def test_unwritable_output_is_a_one_line_error(tmp_path):
+    src = tmp_path / "t.csv"
+    src.write_text("a,label\n1,0\n2,1\n")
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    check_error(invoke("import", str(src), "--out", str(blocker / "t.h5")),
+                f"cannot write {blocker / 't.h5'}")
+    check_error(invoke("make", "--out", str(blocker / "m.h5")), "cannot write")
+    assert blocker.read_text() == "a file, not a folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "t.csv"]

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import gc
+import importlib
+import importlib.resources
+import inspect
+import pathlib
+import sys
 import tracemalloc
 
 import h5py
@@ -11,6 +16,11 @@ import pytest
 
 import gpunet.data as D
 from gpunet.errors import ConfigError, DataError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 
 def write(path, attrs=None, **arrays):
@@ -567,3 +577,103 @@ def test_val_file_uses_its_val_group_else_all(tmp_path):
     grouped = write(tmp_path / "g.h5", **{"train/X": X, "train/y": y, "val/X": X[:4],
                                           "val/y": y[:4]})
     assert D.open_dataset(tr, val=grouped).val.n == 4
+
+
+# ------------------------------------------------------------------ the package and its files
+#: every name ``gpunet.data`` offered as one module, and what imports it from there
+OLD_ALL = ["DEFAULT_MEMORY_BUDGET", "ArraySource", "Dataset", "Standardizer", "InMemorySource",
+           "StreamedSource", "resolve_data_path", "open_dataset", "load_split", "validate",
+           "make_synthetic", "import_npz", "import_csv", "inspect_file", "BUNDLED_DATASETS"]
+ALSO_IMPORTED = ["KEY_PAIRS", "SPLITS", "Segment", "holdout_ranges", "normalize_labels",
+                 "DataError", "ConfigError"]
+
+
+def test_package_exports_what_the_module_did():
+    assert sorted(D.__all__) == sorted(OLD_ALL)
+    for name in OLD_ALL + ALSO_IMPORTED:
+        assert hasattr(D, name), name
+    assert D.DEFAULT_MEMORY_BUDGET == 2 * 1024**3
+    assert D.DataError is DataError and D.ConfigError is ConfigError
+    # each name is the one object its module defines (no stale copy in the package)
+    for mod, name in [("splits", "open_dataset"), ("splits", "load_split"),
+                      ("sources", "StreamedSource"), ("sources", "DEFAULT_MEMORY_BUDGET"),
+                      ("standardize", "Standardizer"), ("files", "resolve_data_path"),
+                      ("holdout", "holdout_ranges"), ("inspect", "inspect_file")]:
+        assert getattr(importlib.import_module(f"gpunet.data.{mod}"), name) is getattr(D, name)
+    # the default budget is the one the readers use
+    assert inspect.signature(D.open_dataset).parameters["memory_budget"].default == \
+        D.DEFAULT_MEMORY_BUDGET
+    assert inspect.signature(D.load_split).parameters["memory_budget"].default == \
+        D.DEFAULT_MEMORY_BUDGET
+
+
+def test_pyproject_ships_every_package_and_the_bundled_data():
+    root = pathlib.Path(__file__).resolve().parent.parent
+    cfg = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(cfg["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "gpunet").rglob(
+        "__init__.py")}
+    assert found <= listed, found - listed
+    assert "gpunet.data" in listed
+    (pattern,) = cfg["package-data"]["gpunet"]
+    shipped = sorted(p.name for p in (root / "gpunet").glob(pattern))
+    assert shipped == sorted(D.BUNDLED_DATASETS.values())
+    p = D.resolve_data_path("digits")
+    assert p == pathlib.Path(str(importlib.resources.files("gpunet") / "datasets" / "digits.h5"))
+
+
+# ------------------------------------------------------------------ writing .h5 atomically
+def _temps(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_writes_go_through_fileio(tmp_path, monkeypatch):
+    import gpunet.data.writing as W
+    import gpunet.fileio
+
+    calls = []
+
+    def spy(path, write):
+        calls.append(path)
+        return gpunet.fileio.atomic_write(path, write)
+
+    monkeypatch.setattr(W, "atomic_write", spy)
+    out = tmp_path / "sub" / "s.h5"                     # the folder is created
+    info = D.make_synthetic("blobs", out, n=60)
+    assert calls == [out.resolve()] and info["path"] == str(out.resolve())
+    src = tmp_path / "a.csv"
+    src.write_text("a,label\n1,0\n2,1\n")
+    D.import_csv(src, tmp_path / "a.h5")
+    X, y = xy(12)
+    np.savez(tmp_path / "a.npz", X=X, y=y)
+    D.import_npz(tmp_path / "a.npz", tmp_path / "b.h5")
+    assert calls[1:] == [(tmp_path / "a.h5").resolve(), (tmp_path / "b.h5").resolve()]
+    assert _temps(tmp_path) == [] and _temps(tmp_path / "sub") == []
+
+
+def test_failed_write_leaves_the_target_and_no_temporary(tmp_path):
+    from gpunet.data.writing import _write_atomic
+
+    out = tmp_path / "d.h5"
+    D.make_synthetic("blobs", out, n=60, seed=1)
+    before = out.read_bytes()
+
+    def half(f):
+        f["X"] = np.zeros(3)
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        _write_atomic(out, half, force=True)
+    assert out.read_bytes() == before and _temps(tmp_path) == []
+
+    def fails(f):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(DataError, match=r"^cannot write .*d\.h5: No space left on device$"):
+        _write_atomic(out, fails, force=True)
+    assert out.read_bytes() == before and _temps(tmp_path) == []
+    assert "already exists (use --force" in _err(_write_atomic, out, fails, force=False)
+    # a file where a folder should be: a DataError, not a traceback
+    msg = _err(D.make_synthetic, "blobs", out / "x.h5", n=60)
+    assert msg.startswith(f"cannot write {out / 'x.h5'}: ")
+    assert out.read_bytes() == before
