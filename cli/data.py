@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from gpunet import data as gdata
-from gpunet.errors import GpunetError
+from gpunet.errors import DataError, GpunetError
 
 data_app = typer.Typer(
     help="Make, import and inspect HDF5 datasets (X: (n, ...) numeric, y: class ids).",
@@ -90,7 +90,7 @@ def import_(
         if suffix in (".csv", ".tsv", ".txt"):
             return gdata.import_csv(src, out, label_column=label_column, delimiter=delimiter,
                                     header=header, classes=_classes(classes), force=force)
-        raise gdata.DataError(f"cannot import {src.name}: use a .npz, .csv or .tsv file")
+        raise DataError(f"cannot import {src.name}: use a .npz, .csv or .tsv file")
 
     _echo_summary(_run(go), as_json)
 

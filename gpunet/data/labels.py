@@ -77,14 +77,18 @@ def _check_label_range(labels: np.ndarray, n_classes: int, where: str, why: str 
                         f"{n_classes} classes{why}")
 
 
+def _check_named(labels: np.ndarray, names: list[str], where: str) -> None:
+    """Every label below ``len(names)``, the number of classes the file names."""
+    _check_label_range(labels, len(names), where, f" (the file names {len(names)} classes)")
+
+
 def _n_classes(names: list[str] | None, pds: list[tuple[_PartData, str]]) -> int:
     """``len(names)`` (every labelled part checked against it), else max label + 1 over the
     parts, at least the widest one-hot width."""
     if names is not None:
         for pd, where in pds:
             if pd.has_labels:
-                _check_label_range(pd.labels, len(names), where,
-                                   f" (the file names {len(names)} classes)")
+                _check_named(pd.labels, names, where)
         return len(names)
     top = max((int(pd.labels.max()) + 1 if pd.has_labels else 0) for pd, _ in pds)
     return max([top] + [pd.onehot for pd, _ in pds])

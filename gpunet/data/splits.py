@@ -26,7 +26,7 @@ from ..errors import ConfigError, DataError
 from .checks import _name
 from .files import _open_h5, resolve_data_path
 from .holdout import holdout_ranges
-from .labels import _check_label_range, _n_classes
+from .labels import _check_named, _n_classes
 from .layout import _check_part, _class_names, _find_parts, _PartData
 from .sources import DEFAULT_MEMORY_BUDGET, ArraySource, Segment, _source
 
@@ -101,8 +101,7 @@ def _count_classes(path: pathlib.Path, names: list[str] | None, pds: dict[str, _
     n_classes = _n_classes(names, [(pd, f"in {_name(path)}:{pd.part.y}") for pd in pds.values()])
     if val_src is not None and val_src.has_labels:
         if names is not None:
-            _check_label_range(val_src.labels, len(names), f"in {val_src.name}",
-                               f" (the file names {len(names)} classes)")
+            _check_named(val_src.labels, names, f"in {val_src.name}")
         n_classes = max(n_classes, int(val_src.labels.max()) + 1)
     if n_classes < 2:
         raise DataError(f"{_name(path)} has a single class (label 0); a classifier needs "
@@ -224,8 +223,7 @@ def load_split(data: str | os.PathLike[str], split: str = "test", x_key: str | N
                 rows = tr_rows if split == "train" else va_rows
             src = _make_source(f, path, pd, rows, memory_budget, name, names)
     if names is not None and src.has_labels:
-        _check_label_range(src.labels, len(names), f"in {src.name}",
-                           f" (the file names {len(names)} classes)")
+        _check_named(src.labels, names, f"in {src.name}")
     return src
 
 
