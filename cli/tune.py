@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import typer
@@ -77,34 +78,46 @@ def tune_command(
     print_table(res, top)
 
 
-def _printer() -> Any:
+def _start_lines(info: dict[str, Any]) -> list[str]:
+    return [f"study {info['study']!r} in {info['storage']}: {info['trials']} trials, "
+            f"{info['rounds']} round(s), {info['epochs']} epochs each, "
+            f"{info['n_train']} training / {info['n_val']} validation samples",
+            "space: " + "; ".join(info["space"])]
+
+
+def _round_lines(info: dict[str, Any]) -> list[str]:
+    return [f"round {info['round']}/{info['rounds']}: shrinking the ranges {info['note']}:",
+            *(f"  {name}: {old} -> {new}" for name, old, new in info["changes"])]
+
+
+def _trial_lines(info: dict[str, Any]) -> list[str]:
     from gpunet.tune import fmt_value
 
+    vals = "  ".join(f"{k} {fmt_value(v)}" for k, v in info["values"].items())
+    head = f"trial {info['number']:>3} (round {info['round']}/{info['rounds']}"
+    head += ", baseline)" if info["baseline"] else ")"
+    if info["state"] == "COMPLETE":
+        return [f"{head}  val_acc {info['value']:.4f}  {vals}  {info.get('seconds', 0):.1f}s"]
+    return [f"{head}  {info['state'].lower()}: {info['error']}  {vals}"]
+
+
+#: progress lines for each ``tune`` event the console shows (``end`` prints the table)
+_EVENT_LINES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "start": _start_lines,
+    "round": _round_lines,
+    "wait": lambda info: [f"round {info['round']} waits for trials {info['running']} of the "
+                          "previous round"],
+    "stale": lambda info: [f"trial {info['number']}: its worker is gone; marked failed"],
+    "trial": _trial_lines,
+}
+
+
+def _printer() -> Callable[[str, dict[str, Any]], None]:
+    """The ``tune`` callback that echoes each event's progress lines."""
+
     def say(event: str, info: dict[str, Any]) -> None:
-        if event == "start":
-            typer.echo(f"study {info['study']!r} in {info['storage']}: {info['trials']} trials, "
-                       f"{info['rounds']} round(s), {info['epochs']} epochs each, "
-                       f"{info['n_train']} training / {info['n_val']} validation samples")
-            typer.echo("space: " + "; ".join(info["space"]))
-        elif event == "round":
-            typer.echo(f"round {info['round']}/{info['rounds']}: shrinking the ranges "
-                       f"{info['note']}:")
-            for name, old, new in info["changes"]:
-                typer.echo(f"  {name}: {old} -> {new}")
-        elif event == "wait":
-            typer.echo(f"round {info['round']} waits for trials {info['running']} of the "
-                       "previous round")
-        elif event == "stale":
-            typer.echo(f"trial {info['number']}: its worker is gone; marked failed")
-        elif event == "trial":
-            vals = "  ".join(f"{k} {fmt_value(v)}" for k, v in info["values"].items())
-            head = f"trial {info['number']:>3} (round {info['round']}/{info['rounds']}"
-            head += ", baseline)" if info["baseline"] else ")"
-            if info["state"] == "COMPLETE":
-                typer.echo(f"{head}  val_acc {info['value']:.4f}  {vals}  "
-                           f"{info.get('seconds', 0):.1f}s")
-            else:
-                typer.echo(f"{head}  {info['state'].lower()}: {info['error']}  {vals}")
+        for line in _EVENT_LINES.get(event, lambda info: [])(info):
+            typer.echo(line)
 
     return say
 

@@ -21,7 +21,18 @@ from gpunet.cli import app
 from typer.testing import CliRunner
 
 from gpunet.errors import ConfigError
-from gpunet.tune import Param, SearchSpace, default_space, round_of, round_sizes, tune
+from gpunet.tune import (
+    DEFAULT_SCALES,
+    SCALE_TABLE,
+    SCALES,
+    Param,
+    SearchSpace,
+    default_space,
+    fmt_value,
+    round_of,
+    round_sizes,
+    tune,
+)
 
 optuna = pytest.importorskip("optuna")
 runner = CliRunner()
@@ -115,6 +126,84 @@ def test_integer_scales():
     assert abs(float(np.mean(p < 0.25)) - 0.5) < 0.012
     one = Param("width", "log2", 32, 512).sample(rng)
     assert isinstance(one, int)
+
+
+#: one hyperparameter per scale of the table, with bounds in its domain
+SCALE_CASES = {"log": ("lr", 1e-5, 1e-1), "log1m": ("beta1", 0.9, 0.999),
+               "linear": ("dropout", 0.0, 0.5), "log2": ("width", 3, 700),
+               "int": ("depth", 1, 6), "pow2": ("batch_size", 8, 512)}
+
+
+def test_the_scale_table_covers_every_scale():
+    assert set(SCALE_CASES) == set(SCALE_TABLE) and SCALES == (*SCALE_TABLE, "choice")
+    assert set(DEFAULT_SCALES.values()) <= set(SCALE_TABLE)
+    assert [n for n, s in SCALE_TABLE.items() if s.integer] == ["log2", "int", "pow2"]
+
+
+@pytest.mark.parametrize("scale", list(SCALE_CASES))
+def test_each_scale_round_trips_sample_value_formatted(scale):
+    name, lo, hi = SCALE_CASES[scale]
+    p = Param.make(name, {"low": lo, "high": hi, "scale": scale})
+    sc = SCALE_TABLE[scale]
+    v = p.sample(np.random.default_rng(11), 2000)
+    assert v.min() >= lo and v.max() <= hi
+    # value -> sampling scale -> value
+    u = p.to_u(v)
+    ua, ub = p.u_bounds()
+    assert u.min() >= ua - 1e-12 and u.max() <= ub + 1e-12
+    np.testing.assert_allclose(sc.from_u(u), v, rtol=1e-12, atol=1e-15)
+    one = p.sample(np.random.default_rng(12))
+    assert type(one) is (int if sc.integer else float)
+    if sc.integer:
+        assert v.dtype.kind == "i"
+        text = fmt_value(one)
+        assert text == str(one) and int(text) == one
+    else:
+        # 4 significant digits (3 below 1e-3): parses back within half a unit of the last
+        for x in v[:200]:
+            tol = 5e-4 if abs(x) >= 1e-3 or x == 0 else 5e-3
+            assert abs(float(fmt_value(float(x))) - x) <= tol * abs(x), x
+    # the bounds as shown, and as stored (to_dict -> make gives the same Param)
+    low, high = p.describe().split(" ")[0].split("..")
+    assert p.describe().endswith(f"({scale})")
+    assert math.isclose(float(low), lo, rel_tol=5e-3) and math.isclose(float(high), hi,
+                                                                       rel_tol=5e-3)
+    assert Param.make(name, p.to_dict()) == p
+    # a shrunk range stays on the scale's grid and passes its checks
+    s = p.shrink(list(v[:3]))
+    assert lo <= s.low <= s.high <= hi
+    assert Param.make(name, s.to_dict()) == s
+
+
+def test_worker_liveness_and_stale_trials():
+    from datetime import datetime
+    from types import SimpleNamespace
+
+    from gpunet.tune.study import Worker
+
+    me = Worker()
+    ident = me.identity
+    assert Worker.process_alive(ident["pid"], ident["start"])
+    assert Worker.process_start(ident["pid"]) == ident["start"] is not None
+    assert not Worker.process_alive(ident["pid"], "not-my-start")   # a reused pid
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert not Worker.process_alive(child.pid, None)
+
+    now = time.time()
+
+    def trial(worker: dict | None, beat: float | None) -> SimpleNamespace:
+        attrs = {"gpunet_worker": worker, "gpunet_heartbeat": beat}
+        return SimpleNamespace(user_attrs={k: v for k, v in attrs.items() if v is not None},
+                               datetime_start=datetime.fromtimestamp(now - 5))
+
+    gone = {**ident, "pid": child.pid}
+    assert not me.is_stale(trial(ident, now - 10), now, 60)       # alive, recent beat
+    assert me.is_stale(trial(ident, now - 61), now, 60)           # heartbeat too old
+    assert me.is_stale(trial(gone, now), now, 60)                 # process gone, same host
+    assert not me.is_stale(trial({**gone, "host": "elsewhere"}, now), now, 60)
+    assert not me.is_stale(trial(None, None), now, 60)            # start time as heartbeat
+    assert me.is_stale(trial(None, None), now, 4)
 
 
 def test_default_space_follows_the_course():
@@ -232,6 +321,25 @@ def test_rounds_shrink_and_say_so(tmp_path, blobs):
         for name, p in r2.params.items():
             assert p.contains(r.values[name]), (name, r.values[name], p)
     assert sum(r.baseline for r in res.rows) == 1
+
+
+def test_more_rounds_on_resume_make_the_missing_spaces_in_order(tmp_path, blobs):
+    kw = dict(epochs=1, space=SearchSpace.from_dict(TINY_SPACE), config=TINY_BASE,
+              out=tmp_path / "o", device="cpu", seed=6)
+    first = tune(str(blobs), 6, **kw)
+    assert [s["round"] for s in first.spaces] == [1]
+    events: list[tuple[str, dict]] = []
+    res = tune(str(blobs), 9, rounds=3, callback=lambda e, i: events.append((e, i)), **kw)
+    # trial 6 is the first of round 3: round 2's space is made first (from round 1's five
+    # sampled trials), then round 3's (no trial ran in round 2: range kept)
+    said = [i for e, i in events if e == "round"]
+    assert [i["round"] for i in said] == [2, 3]
+    assert "best 2 of 5 round-1 trials" in said[0]["note"]
+    assert said[1]["note"] == "only 0 finished trial(s) in round 2: range kept"
+    r1, r2, r3 = (SearchSpace.from_json(s) for s in res.spaces)
+    assert r2.params["lr"] != r1.params["lr"] and r3.to_dict() == r2.to_dict()
+    assert [r.round for r in res.rows] == [0] * 6 + [2] * 3
+    assert all(r3.params["lr"].contains(r.values["lr"]) for r in res.rows[6:])
 
 
 # ====================================================================== outputs
