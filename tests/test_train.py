@@ -424,3 +424,22 @@ def test_epoch_loop_state_round_trips_through_a_checkpoint(blobs, tmp_path):
              for r in done]
     assert strip == [{k: v for k, v in r.record.items() if k not in ("seconds", "samples_per_s")}
                      for r in recs if isinstance(r, EpochDone)]
+
+
+def test_an_asynchronous_backend_reads_the_loss_only_at_epoch_ends(blobs, tmp_path):
+    """A backend that queues its steps (``Backend.asynchronous``) is not synchronized after
+    each step: the same training, and a NaN / inf loss is reported at its epoch's end."""
+    from gpunet.backend.numpy_backend import NumpyBackend
+
+    class Queued(NumpyBackend):
+        asynchronous = True
+
+    kw = dict(epochs=1, batchnorm=False, optimizer="sgd")
+    sync = fit(small_cfg(blobs, tmp_path / "s", **kw), backend="cpu")
+    queued = fit(small_cfg(blobs, tmp_path / "q", **kw), backend=Queued())
+    for k, v in sync.model.state_arrays().items():
+        assert np.array_equal(queued.model.state_arrays()[k], v), k
+    with pytest.raises(TrainingDiverged, match=r"became (nan|inf) at epoch 1, step \d+ "):
+        fit(small_cfg(blobs, tmp_path / "s2", lr=1e30, **kw), backend="cpu")
+    with pytest.raises(TrainingDiverged, match=r"became (nan|inf) in epoch 1 "):
+        fit(small_cfg(blobs, tmp_path / "q2", lr=1e30, **kw), backend=Queued())

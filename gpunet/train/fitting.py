@@ -67,7 +67,7 @@ def fit(
     """
     t_start = time.perf_counter()
     cfg, ck, changed = _prepare_config(config, resume)
-    run = RunFolder(cfg.out)  # type: ignore[arg-type]
+    run = RunFolder(str(cfg.out))
     if ck is None and run.holds_run():
         raise ConfigError(f"{run.out} already holds a run (last.h5 / best.h5): continue it "
                           "with --resume auto, or choose another --out")
