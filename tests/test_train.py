@@ -443,3 +443,16 @@ def test_an_asynchronous_backend_reads_the_loss_only_at_epoch_ends(blobs, tmp_pa
         fit(small_cfg(blobs, tmp_path / "s2", lr=1e30, **kw), backend="cpu")
     with pytest.raises(TrainingDiverged, match=r"became (nan|inf) in epoch 1 "):
         fit(small_cfg(blobs, tmp_path / "q2", lr=1e30, **kw), backend=Queued())
+
+
+def test_resume_clears_the_temp_files_of_an_interrupted_save(blobs, tmp_path):
+    from gpunet import fileio
+
+    out = tmp_path / "r"
+    fit(small_cfg(blobs, out, epochs=1))
+    stale = fileio._create_temp(out / "last.h5")  # what a save killed half-way leaves
+    stale.write_bytes(b"half a checkpoint")
+    (out / ".mine.tmp").write_text("not gpunet's")
+    fit(config_for_resume(out / "last.h5", {"epochs": 2}), resume=out / "last.h5")
+    assert sorted(p.name for p in out.iterdir()) == [".mine.tmp", "best.h5", "config.toml",
+                                                     "last.h5", "metrics.jsonl"]
