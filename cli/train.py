@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -11,100 +12,149 @@ import typer
 from gpunet.config import TrainConfig, load_toml
 from gpunet.errors import ConfigError
 
-#: command-line parameters that are configuration keys (the rest: config, resume, json, quiet)
-CONFIG_PARAMS = (
-    "val", "val_split", "x_key", "y_key", "memory_budget", "hidden", "batchnorm", "dropout",
-    "activation", "optimizer", "lr", "beta1", "beta2", "eps", "weight_decay", "lr_schedule",
-    "lr_step_size", "lr_gamma", "lr_decay_rate", "epochs", "batch_size", "bn_momentum",
-    "patience", "class_weights", "seed", "device", "out", "save_every", "cuda_graph", "tf32",
-    "drop_last",
-)
+#: command-line parameters that are configuration keys (the rest: config, resume, json, quiet);
+#: every ``TrainConfig`` key but ``data``, which is the DATA argument
+CONFIG_PARAMS = tuple(k for k in TrainConfig.keys() if k != "data")
 _D = TrainConfig()
+
+# ---------------------------------------------------------------------- the option list
+# Declarative: one Typer parameter per configuration key, then the command's own options.
+_DATA = typer.Argument(None, metavar="DATA",
+                       help="An .h5 file, or a bundled dataset name (digits).")
+_VAL = typer.Option(None, "--val", metavar="FILE",
+                    help="Validation data file (instead of --val-split).")
+_VAL_SPLIT = typer.Option(
+    _D.val_split, "--val-split", metavar="F",
+    help="Fraction of the training set held out for validation when the file has no val "
+         "group (fixed by --seed).")
+_HIDDEN = typer.Option(",".join(map(str, _D.hidden)), "--hidden", metavar="W1,W2",
+                       help="Hidden layer widths ('none': softmax regression).")
+_BATCHNORM = typer.Option(_D.batchnorm, "--batchnorm/--no-batchnorm",
+                          help="Batch norm after each hidden Dense layer.")
+_DROPOUT = typer.Option(_D.dropout, "--dropout", metavar="P")
+_ACTIVATION = typer.Option(_D.activation, "--activation", help="relu, tanh or sigmoid.")
+_OPTIMIZER = typer.Option(_D.optimizer, "--optimizer", help="adam, sgd, momentum or rmsprop.")
+_LR = typer.Option(
+    None, "--lr", metavar="A",
+    help="Learning rate (default: adam 2e-3, rmsprop 1e-3, sgd / momentum 0.1).")
+_BETA1 = typer.Option(None, "--beta1", metavar="B",
+                      help="Adam beta1 / Momentum beta (default 0.9).")
+_BETA2 = typer.Option(None, "--beta2", metavar="B",
+                      help="Adam beta2 (0.999) / RMSprop beta2 (0.99).")
+_EPS = typer.Option(None, "--eps", metavar="E", help="Adam / RMSprop epsilon (default 1e-8).")
+_WEIGHT_DECAY = typer.Option(_D.weight_decay, "--weight-decay", metavar="L",
+                             help="L2 on Dense weights (never on BN gamma/beta).")
+_LR_SCHEDULE = typer.Option(_D.lr_schedule, "--lr-schedule",
+                            help="none, step, exp, cosine or inverse.")
+_LR_STEP_SIZE = typer.Option(_D.lr_step_size, "--lr-step-size", metavar="N",
+                             help="step schedule: epochs per decay.")
+_LR_GAMMA = typer.Option(None, "--lr-gamma", metavar="G",
+                         help="step / exp schedule factor (0.1 / 0.95).")
+_LR_DECAY_RATE = typer.Option(_D.lr_decay_rate, "--lr-decay-rate", metavar="R",
+                              help="inverse schedule: lr0 / (1 + R * epoch).")
+_EPOCHS = typer.Option(_D.epochs, "--epochs", metavar="N")
+_BATCH_SIZE = typer.Option(_D.batch_size, "--batch-size", metavar="B")
+_BN_MOMENTUM = typer.Option(_D.bn_momentum, "--bn-momentum", metavar="M",
+                            help="PyTorch convention (Keras 0.99 = 0.01 here).")
+_PATIENCE = typer.Option(_D.patience, "--patience", metavar="N",
+                         help="Stop after N epochs without a better validation "
+                              "accuracy and restore the best weights (0: off).")
+_CLASS_WEIGHTS = typer.Option(_D.class_weights, "--class-weights",
+                              help="none or balanced (n / (classes * count)).")
+_SEED = typer.Option(_D.seed, "--seed", metavar="S")
+_DEVICE = typer.Option(_D.device, "--device", help="auto, cpu, gpu or gpu:N.")
+_OUT = typer.Option(None, "--out", metavar="DIR",
+                    help="Run folder (default: runs/<data>-<YYYYmmdd-HHMMSS>).")
+_RESUME = typer.Option(
+    None, "--resume", metavar="auto|PATH",
+    help="Continue a run: 'auto' uses <out>/last.h5 if present (else starts fresh).")
+_SAVE_EVERY = typer.Option(_D.save_every, "--save-every", metavar="N",
+                           help="Also save last.h5 every N steps (0: epoch ends).")
+_CUDA_GRAPH = typer.Option(
+    _D.cuda_graph, "--cuda-graph/--no-cuda-graph",
+    help="On the GPU, record the training step once as a CUDA graph and replay it "
+         "(one launch per step; results equal the eager step's).")
+_TF32 = typer.Option(
+    _D.tf32, "--tf32/--no-tf32",
+    help="On the GPU, let the matrix products use TF32 tensor cores: faster, with "
+         "products rounded to a 10-bit mantissa (a precision trade; off by default).")
+_DROP_LAST = typer.Option(
+    _D.drop_last, "--drop-last/--no-drop-last",
+    help="Drop each epoch's last partial batch (else it runs outside the CUDA graph).")
+_CONFIG = typer.Option(
+    None, "--config", metavar="FILE.toml",
+    help="Configuration file; options given on the command line override it.")
+_X_KEY = typer.Option(None, "--x-key", metavar="K")
+_Y_KEY = typer.Option(None, "--y-key", metavar="K")
+_MEMORY_BUDGET = typer.Option(
+    None, "--memory-budget", metavar="BYTES",
+    help="Read the data into memory up to this size (e.g. 512MB), stream beyond it.")
+_JSON = typer.Option(False, "--json", help="Print one JSON object at the end.")
+_QUIET = typer.Option(False, "--quiet", "-q", help="No progress output.")
 
 
 def train_command(
     ctx: typer.Context,
-    data: str | None = typer.Argument(
-        None, metavar="DATA", help="An .h5 file, or a bundled dataset name (digits)."),
-    val: str | None = typer.Option(
-        None, "--val", metavar="FILE", help="Validation data file (instead of --val-split)."),
-    val_split: float = typer.Option(
-        _D.val_split, "--val-split", metavar="F",
-        help="Fraction of the training set held out for validation when the file has no val "
-             "group (fixed by --seed)."),
-    hidden: str = typer.Option(",".join(map(str, _D.hidden)), "--hidden", metavar="W1,W2",
-                               help="Hidden layer widths ('none': softmax regression)."),
-    batchnorm: bool = typer.Option(_D.batchnorm, "--batchnorm/--no-batchnorm",
-                                   help="Batch norm after each hidden Dense layer."),
-    dropout: float = typer.Option(_D.dropout, "--dropout", metavar="P"),
-    activation: str = typer.Option(_D.activation, "--activation",
-                                   help="relu, tanh or sigmoid."),
-    optimizer: str = typer.Option(_D.optimizer, "--optimizer",
-                                  help="adam, sgd, momentum or rmsprop."),
-    lr: float | None = typer.Option(
-        None, "--lr", metavar="A",
-        help="Learning rate (default: adam 2e-3, rmsprop 1e-3, sgd / momentum 0.1)."),
-    beta1: float | None = typer.Option(
-        None, "--beta1", metavar="B", help="Adam beta1 / Momentum beta (default 0.9)."),
-    beta2: float | None = typer.Option(
-        None, "--beta2", metavar="B", help="Adam beta2 (0.999) / RMSprop beta2 (0.99)."),
-    eps: float | None = typer.Option(
-        None, "--eps", metavar="E", help="Adam / RMSprop epsilon (default 1e-8)."),
-    weight_decay: float = typer.Option(_D.weight_decay, "--weight-decay", metavar="L",
-                                       help="L2 on Dense weights (never on BN gamma/beta)."),
-    lr_schedule: str = typer.Option(_D.lr_schedule, "--lr-schedule",
-                                    help="none, step, exp, cosine or inverse."),
-    lr_step_size: int = typer.Option(_D.lr_step_size, "--lr-step-size", metavar="N",
-                                     help="step schedule: epochs per decay."),
-    lr_gamma: float | None = typer.Option(
-        None, "--lr-gamma", metavar="G", help="step / exp schedule factor (0.1 / 0.95)."),
-    lr_decay_rate: float = typer.Option(_D.lr_decay_rate, "--lr-decay-rate", metavar="R",
-                                        help="inverse schedule: lr0 / (1 + R * epoch)."),
-    epochs: int = typer.Option(_D.epochs, "--epochs", metavar="N"),
-    batch_size: int = typer.Option(_D.batch_size, "--batch-size", metavar="B"),
-    bn_momentum: float = typer.Option(_D.bn_momentum, "--bn-momentum", metavar="M",
-                                      help="PyTorch convention (Keras 0.99 = 0.01 here)."),
-    patience: int = typer.Option(_D.patience, "--patience", metavar="N",
-                                 help="Stop after N epochs without a better validation "
-                                      "accuracy and restore the best weights (0: off)."),
-    class_weights: str = typer.Option(_D.class_weights, "--class-weights",
-                                      help="none or balanced (n / (classes * count))."),
-    seed: int = typer.Option(_D.seed, "--seed", metavar="S"),
-    device: str = typer.Option(_D.device, "--device", help="auto, cpu, gpu or gpu:N."),
-    out: str | None = typer.Option(
-        None, "--out", metavar="DIR",
-        help="Run folder (default: runs/<data>-<YYYYmmdd-HHMMSS>)."),
-    resume: str | None = typer.Option(
-        None, "--resume", metavar="auto|PATH",
-        help="Continue a run: 'auto' uses <out>/last.h5 if present (else starts fresh)."),
-    save_every: int = typer.Option(_D.save_every, "--save-every", metavar="N",
-                                   help="Also save last.h5 every N steps (0: epoch ends)."),
-    cuda_graph: bool = typer.Option(
-        _D.cuda_graph, "--cuda-graph/--no-cuda-graph",
-        help="On the GPU, record the training step once as a CUDA graph and replay it "
-             "(one launch per step; results equal the eager step's)."),
-    tf32: bool = typer.Option(
-        _D.tf32, "--tf32/--no-tf32",
-        help="On the GPU, let the matrix products use TF32 tensor cores: faster, with "
-             "products rounded to a 10-bit mantissa (a precision trade; off by default)."),
-    drop_last: bool = typer.Option(
-        _D.drop_last, "--drop-last/--no-drop-last",
-        help="Drop each epoch's last partial batch (else it runs outside the CUDA graph)."),
-    config: str | None = typer.Option(
-        None, "--config", metavar="FILE.toml",
-        help="Configuration file; options given on the command line override it."),
-    x_key: str | None = typer.Option(None, "--x-key", metavar="K"),
-    y_key: str | None = typer.Option(None, "--y-key", metavar="K"),
-    memory_budget: str | None = typer.Option(
-        None, "--memory-budget", metavar="BYTES",
-        help="Read the data into memory up to this size (e.g. 512MB), stream beyond it."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    data: str | None = _DATA,
+    val: str | None = _VAL,
+    val_split: float = _VAL_SPLIT,
+    hidden: str = _HIDDEN,
+    batchnorm: bool = _BATCHNORM,
+    dropout: float = _DROPOUT,
+    activation: str = _ACTIVATION,
+    optimizer: str = _OPTIMIZER,
+    lr: float | None = _LR,
+    beta1: float | None = _BETA1,
+    beta2: float | None = _BETA2,
+    eps: float | None = _EPS,
+    weight_decay: float = _WEIGHT_DECAY,
+    lr_schedule: str = _LR_SCHEDULE,
+    lr_step_size: int = _LR_STEP_SIZE,
+    lr_gamma: float | None = _LR_GAMMA,
+    lr_decay_rate: float = _LR_DECAY_RATE,
+    epochs: int = _EPOCHS,
+    batch_size: int = _BATCH_SIZE,
+    bn_momentum: float = _BN_MOMENTUM,
+    patience: int = _PATIENCE,
+    class_weights: str = _CLASS_WEIGHTS,
+    seed: int = _SEED,
+    device: str = _DEVICE,
+    out: str | None = _OUT,
+    resume: str | None = _RESUME,
+    save_every: int = _SAVE_EVERY,
+    cuda_graph: bool = _CUDA_GRAPH,
+    tf32: bool = _TF32,
+    drop_last: bool = _DROP_LAST,
+    config: str | None = _CONFIG,
+    x_key: str | None = _X_KEY,
+    y_key: str | None = _Y_KEY,
+    memory_budget: str | None = _MEMORY_BUDGET,
+    json_out: bool = _JSON,
+    quiet: bool = _QUIET,
 ) -> None:
     """Train an MLP on an HDF5 dataset; writes last.h5, best.h5, metrics.jsonl and
     config.toml into the run folder."""
+    from gpunet.train import fit
+
+    cfg, resume_path = command_config(ctx, data, config, resume)
+    display = make_display(json_out=json_out, quiet=quiet)
+    try:
+        result = fit(cfg, resume=resume_path, callback=display)
+    finally:
+        display.close()
+    summary = result.summary()
+    if json_out:
+        typer.echo(json.dumps(summary))
+
+
+def command_config(ctx: typer.Context, data: str | None, config: str | None,
+                   resume: str | None) -> tuple[TrainConfig, Path | None]:
+    """The run's configuration and the checkpoint to resume (None: a fresh run).
+
+    Precedence, lowest first: the defaults, the resumed checkpoint's configuration, the
+    ``--config`` file, the options given on the command line."""
     from gpunet.checkpoint import load as load_checkpoint
-    from gpunet.train import fit, resolve_resume
+    from gpunet.train import resolve_resume
 
     explicit = explicit_params(ctx, CONFIG_PARAMS)
     if data is not None:
@@ -117,8 +167,7 @@ def train_command(
         raise ConfigError("use either --val FILE or --val-split F, not both")
     if "val_split" in explicit and "val" not in explicit:
         explicit["val"] = None  # --val-split on the command line beats a val file elsewhere
-    out_hint = explicit.get("out") or file_cfg.get("out")
-    resume_path = resolve_resume(resume, out_hint)
+    resume_path = resolve_resume(resume, explicit.get("out") or file_cfg.get("out"))
     if resume_path is not None:
         ck = load_checkpoint(resume_path)
         base = TrainConfig.from_dict(ck.config, source=f"checkpoint {resume_path}")
@@ -129,15 +178,7 @@ def train_command(
     cfg = cfg.updated(explicit, source="the command line")
     if cfg.data is None:
         raise ConfigError("missing DATA: give an .h5 file or a bundled dataset name (digits)")
-
-    display = make_display(json_out=json_out, quiet=quiet)
-    try:
-        result = fit(cfg, resume=resume_path, callback=display)
-    finally:
-        display.close()
-    summary = result.summary()
-    if json_out:
-        typer.echo(json.dumps(summary))
+    return cfg, resume_path
 
 
 def explicit_params(ctx: typer.Context, names: tuple[str, ...]) -> dict[str, Any]:

@@ -24,21 +24,20 @@ Layout (format version 1)::
     /optimizer/<name>          float32 (P,)   optimizer state (Adam: m, v; Momentum: v; ...)
     /standardizer/mean, /standardizer/std     float32 (d,)   training-set input statistics
 
-Every dataset carries a ``crc32`` attribute checked on load. ``save`` writes a temporary
-file in the target's folder, flushes and fsyncs it, then ``os.replace``s it over the target,
-so a crash mid-save leaves the previous file intact. ``load`` raises ``CheckpointError``
-naming what is wrong with a missing, foreign, truncated, corrupt or newer-version file.
+Every dataset carries a ``crc32`` attribute checked on load. ``save`` writes through
+``fileio.atomic_write`` (a temporary file in the target's folder, fsynced, then
+``os.replace``d over the target), so a crash mid-save leaves the previous file intact.
+``load`` raises ``CheckpointError`` naming what is wrong with a missing, foreign, truncated,
+corrupt or newer-version file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
-import os
-import tempfile
 import zlib
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ import h5py
 import numpy as np
 
 from .errors import CheckpointError
+from .fileio import atomic_write
 
 FORMAT_NAME = "gpunet-checkpoint"
 FORMAT_VERSION = 1
@@ -172,30 +172,23 @@ def _norm_layout(layout: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
 
 # ---------------------------------------------------------------------- save
 def save(path: str | Path, ckpt: Checkpoint) -> Path:
-    """Write ``ckpt`` to ``path`` atomically (temp file in the same folder, fsync, replace).
+    """Write ``ckpt`` to ``path`` atomically (``fileio.atomic_write``: a temporary file in the
+    same folder, fsync, replace, folder fsync).
 
     Raises ``OSError`` when the folder is not writable; the previous file is never harmed.
     """
     from . import __version__
 
     path = Path(path)
-    folder = path.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            _write_contents(f, ckpt, __version__)
-            f.flush()
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(folder)
+    atomic_write(path, partial(_write_file, ckpt=ckpt, version=__version__))
     ckpt.path = str(path)
     return path
+
+
+def _write_file(tmp: Path, *, ckpt: Checkpoint, version: str) -> None:
+    with h5py.File(tmp, "w") as f:
+        _write_contents(f, ckpt, version)
+        f.flush()
 
 
 def _write_contents(f: h5py.File, ckpt: Checkpoint, version: str) -> None:
@@ -216,20 +209,6 @@ def _write_contents(f: h5py.File, ckpt: Checkpoint, version: str) -> None:
     f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     f.attrs["format_version"] = np.int64(FORMAT_VERSION)
     f.attrs["gpunet_format"] = FORMAT_NAME
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (best effort: not every platform can open a directory)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------- load

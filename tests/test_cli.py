@@ -383,3 +383,26 @@ def test_bad_environment_variable_gives_one_line_error(monkeypatch, tmp_path, va
     err = [line for line in r.stderr.splitlines() if not line.startswith("warning: ")]
     assert err == [f"error: {msg}"], r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_config_params_are_the_train_config_keys():
+    """Every TrainConfig key is a `gpunet train` option (``data``: the DATA argument), every
+    other parameter is the command's own, and each option's default is the config's."""
+    import inspect
+
+    import typer
+    from gpunet.cli.train import CONFIG_PARAMS, train_command
+
+    from gpunet.config import TrainConfig
+
+    assert set(CONFIG_PARAMS) == set(TrainConfig.keys()) - {"data"}
+    params = set(inspect.signature(train_command).parameters)
+    assert params - set(CONFIG_PARAMS) == {"ctx", "data", "config", "resume", "json_out",
+                                           "quiet"}
+    assert set(CONFIG_PARAMS) <= params
+    cmd = typer.main.get_command(app).commands["train"]
+    defaults = TrainConfig()
+    for p in cmd.params:
+        if p.name in CONFIG_PARAMS and p.default is not None:
+            got = getattr(TrainConfig.from_dict({p.name: p.default}), p.name)
+            assert got == getattr(defaults, p.name), p.name

@@ -326,3 +326,133 @@ def test_config_parsing_and_toml_round_trip(tmp_path):
     with pytest.raises(ConfigError, match="not valid TOML"):
         (tmp_path / "bad.toml").write_text("epochs = = 3")
         load_toml(tmp_path / "bad.toml")
+
+
+def test_drop_last_counts_only_the_full_batches(tmp_path):
+    """100 samples, batch 32, --drop-last: 3 batches per epoch, reported and run (the count
+    used to be taken before drop_last applied: 4 reported, 3 run)."""
+    data = write_blobs(tmp_path / "h.h5", n=100, test=False)
+    events = []
+    res = fit(small_cfg(data, tmp_path / "r", val_split=0.0, epochs=2, drop_last=True,
+                        save_every=3),
+              callback=lambda e, i: events.append((e, dict(i))))
+    start = next(i for e, i in events if e == "start")
+    batches = [(i["epoch"], i["batch"], i["batches"]) for e, i in events if e == "batch"]
+    assert start["batches"] == 3 and start["n_train"] == 100
+    assert batches == [(ep, b, 3) for ep in (1, 2) for b in (1, 2, 3)]
+    assert res.step == 6 and res.history[-1]["step"] == 6
+    assert ck.load(res.last_path).progress["n_batches"] == 3
+    # and the same count without --drop-last: the partial batch of 4 runs
+    res = fit(small_cfg(data, tmp_path / "k", val_split=0.0, epochs=1))
+    assert res.step == 4 and ck.load(res.last_path).progress["n_batches"] == 4
+
+
+def test_batches_per_epoch_and_drop_rule():
+    from gpunet.train import batches_per_epoch, drops_last
+
+    assert [batches_per_epoch(n, 32, False) for n in (1, 31, 32, 33, 100)] == [1, 1, 1, 2, 4]
+    assert [batches_per_epoch(n, 32, True) for n in (1, 31, 32, 33, 100)] == [0, 0, 1, 1, 3]
+    assert drops_last(TrainConfig(batch_size=32), 65)  # a last batch of one with batch norm
+    assert not drops_last(TrainConfig(batch_size=32, batchnorm=False), 65)
+    assert not drops_last(TrainConfig(batch_size=32), 66)
+    assert drops_last(TrainConfig(batch_size=32, drop_last=True), 66)
+
+
+def test_drop_last_with_fewer_samples_than_a_batch_is_a_data_error(tmp_path):
+    data = write_blobs(tmp_path / "s.h5", n=20, test=False)
+    from gpunet.errors import DataError
+
+    with pytest.raises(DataError, match="20 samples, fewer than one batch of 32"):
+        fit(small_cfg(data, tmp_path / "r", val_split=0.0, drop_last=True))
+    assert not (tmp_path / "r").exists()
+
+
+def _loop_parts(cfg, ds, state):
+    from gpunet import get_backend
+    from gpunet.step import TrainStep
+    from gpunet.train import LoopOptions, make_feed
+
+    be = get_backend("cpu")
+    stepper = TrainStep(state.model, state.optimizer, cfg.batch_size)
+    feed = make_feed(be, ds.train, state.standardizer, cfg.batch_size, stepper)
+    opts = LoopOptions(epochs=cfg.epochs, patience=0, save_every=cfg.save_every,
+                       validate=lambda: (None, None))
+    return stepper, feed, opts
+
+
+def test_epoch_loop_state_round_trips_through_a_checkpoint(blobs, tmp_path):
+    """The loop yields records and touches only the state: stop consuming it after a
+    checkpoint record, save the state, build a new one from the file, continue: the same
+    parameters and epoch records bit for bit as an uninterrupted loop."""
+    from gpunet import get_backend
+    from gpunet.data import open_dataset
+    from gpunet.train import TrainState, train_epochs
+    from gpunet.train.loop import BatchDone, CheckpointDue, EpochDone, EpochStarted
+
+    cfg = small_cfg(blobs, tmp_path, epochs=2, dropout=0.2, save_every=5).resolve()
+    ds = open_dataset(blobs, val_split=cfg.val_split, seed=cfg.seed)
+    be = get_backend("cpu")
+    meta = dict(config=cfg.to_dict(), data={}, classes=["0", "1", "2"])
+
+    ref = TrainState.fresh(cfg, ds, be)
+    recs = list(train_epochs(ref, *_loop_parts(cfg, ds, ref)))
+    n = ref.n_batches
+    assert n == 17 and ref.epoch == 2 and ref.step == 2 * n and ref.status == "finished"
+    kinds = [type(r) for r in recs]
+    assert kinds[0] is EpochStarted and kinds[n + n // 5 + 1] is EpochDone
+    assert kinds.count(BatchDone) == 2 * n and kinds.count(EpochDone) == 2
+    assert [r.step for r in recs if isinstance(r, CheckpointDue)] == [5, 10, 15, 20, 25, 30]
+    assert list(tmp_path.iterdir()) == []  # the loop wrote nothing
+
+    cut = TrainState.fresh(cfg, ds, be)
+    head = []
+    for r in train_epochs(cut, *_loop_parts(cfg, ds, cut)):
+        head.append(r)
+        if isinstance(r, CheckpointDue) and r.step == 25:
+            break
+    assert (cut.epoch, cut.batch, cut.step) == (1, 8, 25) and cut.epoch_count == 8 * 32
+    ck.save(tmp_path / "s.h5", cut.to_checkpoint(**meta))
+    again = TrainState.from_checkpoint(ck.load(tmp_path / "s.h5"), cfg, ds, be)
+    assert (again.epoch, again.batch, again.step) == (1, 8, 25)
+    assert again.epoch_loss_sum == cut.epoch_loss_sum and again.monitor == "val_acc"
+    tail = list(train_epochs(again, *_loop_parts(cfg, ds, again)))
+    assert again.to_checkpoint(**meta).progress == ref.to_checkpoint(**meta).progress
+    for k, v in ref.model.state_arrays().items():
+        assert np.array_equal(again.model.state_arrays()[k], v), k
+    done = [r.record for r in head + tail if isinstance(r, EpochDone)]
+    strip = [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")}
+             for r in done]
+    assert strip == [{k: v for k, v in r.record.items() if k not in ("seconds", "samples_per_s")}
+                     for r in recs if isinstance(r, EpochDone)]
+
+
+def test_an_asynchronous_backend_reads_the_loss_only_at_epoch_ends(blobs, tmp_path):
+    """A backend that queues its steps (``Backend.asynchronous``) is not synchronized after
+    each step: the same training, and a NaN / inf loss is reported at its epoch's end."""
+    from gpunet.backend.numpy_backend import NumpyBackend
+
+    class Queued(NumpyBackend):
+        asynchronous = True
+
+    kw = dict(epochs=1, batchnorm=False, optimizer="sgd")
+    sync = fit(small_cfg(blobs, tmp_path / "s", **kw), backend="cpu")
+    queued = fit(small_cfg(blobs, tmp_path / "q", **kw), backend=Queued())
+    for k, v in sync.model.state_arrays().items():
+        assert np.array_equal(queued.model.state_arrays()[k], v), k
+    with pytest.raises(TrainingDiverged, match=r"became (nan|inf) at epoch 1, step \d+ "):
+        fit(small_cfg(blobs, tmp_path / "s2", lr=1e30, **kw), backend="cpu")
+    with pytest.raises(TrainingDiverged, match=r"became (nan|inf) in epoch 1 "):
+        fit(small_cfg(blobs, tmp_path / "q2", lr=1e30, **kw), backend=Queued())
+
+
+def test_resume_clears_the_temp_files_of_an_interrupted_save(blobs, tmp_path):
+    from gpunet import fileio
+
+    out = tmp_path / "r"
+    fit(small_cfg(blobs, out, epochs=1))
+    stale = fileio._create_temp(out / "last.h5")  # what a save killed half-way leaves
+    stale.write_bytes(b"half a checkpoint")
+    (out / ".mine.tmp").write_text("not gpunet's")
+    fit(config_for_resume(out / "last.h5", {"epochs": 2}), resume=out / "last.h5")
+    assert sorted(p.name for p in out.iterdir()) == [".mine.tmp", "best.h5", "config.toml",
+                                                     "last.h5", "metrics.jsonl"]
