@@ -169,7 +169,8 @@ class Backend:
         mean = x.mean(axis=0, dtype=np.float64)
         var = ((x - mean) ** 2).mean(axis=0)
         invstd = 1.0 / xp.sqrt(var + eps)
-        y = gamma * ((x - mean) * invstd) + beta
+        x_hat = (x - mean) * invstd
+        y = gamma * x_hat + beta
         if relu:
             y = xp.maximum(y, 0.0)
         out = self._out(out, x.shape, x.dtype)
