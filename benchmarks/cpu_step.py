@@ -1,6 +1,7 @@
 """Training-step throughput on the CPU: gpunet (NumPy backend) beside a baseline in the same run.
 
-Model: MLP 784-1024-1024-10, BatchNorm + ReLU, Adam, batch 512, float32 (DESIGN section 9).
+Model: MLP 784-1024-1024-10, BatchNorm + ReLU, Adam, batch 512, float32
+(docs/architecture.md, "Benchmarks").
 Baseline: PyTorch CPU on the same model when torch is importable, else a plain NumPy loop
 written the obvious way. Both get the same number of threads. Each side runs in its own worker
 process (so neither pays for the other's idle, spinning BLAS / OpenMP threads), and the two
@@ -260,7 +261,7 @@ def main() -> None:
     paired = np.array(times[baseline]) / np.array(times["gpunet"])
     q1, q2, q3 = (float(q) for q in np.percentile(paired, [25, 50, 75]))
     how = "same process" if args.same_process else "one process each"
-    from gpunet.backend.mkl import cpu_vendor, load_mkl
+    from gpunet.backend.cpu.mkl import cpu_vendor, load_mkl
 
     vendor = cpu_vendor() or "unknown vendor"
     blas = "MKL" if load_mkl() is not None else "NumPy's OpenBLAS"

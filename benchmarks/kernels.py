@@ -1,6 +1,6 @@
-"""Kernel benchmarks on a GPU (DESIGN sections 8, level 3, and 9).
+"""Kernel benchmarks on a GPU (docs/architecture.md, "Benchmarks").
 
-For each fused op at the DESIGN section 9 shapes (65536 x 1024 batch norm, 65536 x 1000
+For each fused op at the benchmark shapes (65536 x 1024 batch norm, 65536 x 1000
 softmax cross-entropy), a small MLP shape (512 x 1024) and the optimizer update over the
 784-1024-1024-10 MLP's ~1.87M parameters: the median time (CUDA events, after warm-up), GB/s
 on the fewest bytes the op must move, that as a percentage of a device-to-device copy measured
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 F32 = 4
-# DESIGN section 9 targets (ms on an H100), keyed by case name
+# the targets (ms on an H100; docs/architecture.md, "Benchmarks"), keyed by case name
 TARGETS_MS = {
     "bn_train_fwd": 0.21,
     "bn_infer_fwd": 0.20,
@@ -130,10 +130,6 @@ def make_cases(quick: bool) -> list[Case]:
         xp = cp
 
     naive = NaiveCupy()
-    if hasattr(naive, "REDUCE_ROWS"):
-        naive.REDUCE_ROWS = None  # one plain reduction, not the CPU path's row blocks
-    if hasattr(naive, "threads"):
-        naive.threads = 1
 
     try:
         import torch

@@ -65,7 +65,7 @@ def collect_info() -> dict[str, Any]:
 def _cpu_blas() -> str:
     """Which BLAS the CPU backend's products run on, and the CPU vendor that chose it."""
     import gpunet
-    from gpunet.backend.mkl import cpu_vendor
+    from gpunet.backend.cpu.mkl import cpu_vendor
 
     try:
         blas = gpunet.get_backend("cpu").blas

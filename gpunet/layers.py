@@ -189,15 +189,19 @@ class BatchNorm(Layer):
         y = self._buf("y", x.shape)
         be, p = self.backend, self.params
         if training:
-            centred = bool(inplace and getattr(be, "bn_centre_in_place", False))
-            kw: dict[str, Any] = {"centre": x} if centred else {}
+            centred = bool(inplace and be.bn_centre_in_place)
             mask = None
-            if centred and relu:  # y > 0 kept as bool: the backward reads 1 byte, not 4
-                mask = kw["relu_mask"] = self._mask_buf(x.shape)
-            y, mean, invstd = be.batchnorm_forward_train(
-                x, p["gamma"], p["beta"], self.running_mean, self.running_var,
-                self.momentum, self.eps, relu=relu, out=y, **kw,
-            )
+            if centred:  # x is overwritten; y > 0 kept as bool (the backward reads 1 byte)
+                mask = self._mask_buf(x.shape) if relu else None
+                y, mean, invstd = be.batchnorm_forward_train_inplace(
+                    x, p["gamma"], p["beta"], self.running_mean, self.running_var,
+                    self.momentum, self.eps, relu=relu, out=y, relu_mask=mask,
+                )
+            else:
+                y, mean, invstd = be.batchnorm_forward_train(
+                    x, p["gamma"], p["beta"], self.running_mean, self.running_var,
+                    self.momentum, self.eps, relu=relu, out=y,
+                )
             self._saved = (x, mean, invstd, y if relu else None, centred, mask)
         else:
             be.batchnorm_forward_infer(
@@ -213,15 +217,14 @@ class BatchNorm(Layer):
             raise RuntimeError("BatchNorm.backward needs a forward with training=True first "
                                "(one per backward when the forward ran in place)")
         x, mean, invstd, y, centred, mask = self._saved
-        kw: dict[str, Any] = {"centred": True} if centred else {}
-        if mask is not None:  # only set by an in-place forward
-            kw["relu_mask"], kw["overwrite_dy"], y = mask, overwrite_dy, None
-        dx = x if centred else self._buf("dx", x.shape)
-        if centred:  # dx goes over the saved centred batch: a second backward needs a forward
-            self._saved = None
-        return self.backend.batchnorm_backward(
-            dy, x, self.params["gamma"], mean, invstd,
-            self.grads["gamma"], self.grads["beta"], y=y, out=dx, **kw,
+        be, gamma, grads = self.backend, self.params["gamma"], self.grads
+        if not centred:
+            return be.batchnorm_backward(dy, x, gamma, mean, invstd, grads["gamma"],
+                                         grads["beta"], y=y, out=self._buf("dx", x.shape))
+        self._saved = None  # dx goes over the saved batch: the next backward needs a forward
+        return be.batchnorm_backward_inplace(
+            dy, x, gamma, mean, invstd, grads["gamma"], grads["beta"],
+            relu_mask=mask, overwrite_dy=overwrite_dy,  # the mask stands in for y
         )
 
     def _mask_buf(self, shape: tuple[int, ...]) -> Array:

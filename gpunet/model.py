@@ -146,7 +146,8 @@ class MLP:
             layer = layers[i]
             if (self.fuse_bn_relu and isinstance(layer, BatchNorm) and i + 1 < len(layers)
                     and isinstance(layers[i + 1], ReLU)):
-                # the Dense output before it is private: centred in place (CPU)
+                # the Dense output before it is private: batch norm may centre it in place
+                # (where the backend declares bn_centre_in_place)
                 h = layer.forward(h, training, relu=True, inplace=private)
                 self._fused.add(i + 1)
                 private = False

@@ -1,4 +1,5 @@
-// Batch normalization over (n, C) float32, row-major, samples on axis 0 (DESIGN section 3).
+// Batch normalization over (n, C) float32, row-major, samples on axis 0
+// (docs/architecture.md, "Conventions").
 //
 // Plain CUDA C++ with no toolkit headers: compiled by NVRTC through CuPy's RawModule, by
 // nvcc in the tests, and by the host C++ compiler under the CUDA emulation in tests/cuda_emu.
@@ -18,6 +19,10 @@
 // ulp).  The apply kernel normalizes with ((x - K) - mean_shifted) for the same reason.
 // Blocks of the apply kernels walk the chunks in reverse order, so the first chunks they
 // read are the last ones the statistics pass left in L2.
+//
+// Kernel names follow the backend op they serve (docs/architecture.md, "Op table"):
+// batchnorm_forward_train_{stats,finish,apply}, batchnorm_forward_infer,
+// batchnorm_backward_{reduce,finish,apply}; _v1 / _v4 are the scalar and float4 variants.
 
 #define BN_MAX_THREADS 256
 
@@ -81,8 +86,9 @@ __device__ __forceinline__ void bn_welford(const float* v, const float* shift, f
 // ---------------------------------------------------------------------------------------------
 // Training forward, pass 1: per-(chunk, column) Welford partials of x - x[0, c].
 template <int VEC>
-__device__ void bn_stats_partial_impl(const float* __restrict__ x, int n, int C, int rpc,
-                                      float* __restrict__ pmean, float* __restrict__ pm2)
+__device__ void batchnorm_forward_train_stats_impl(
+    const float* __restrict__ x, int n, int C, int rpc, float* __restrict__ pmean,
+    float* __restrict__ pm2)
 {
     __shared__ float s_mean[BN_MAX_THREADS * 4];
     __shared__ float s_m2[BN_MAX_THREADS * 4];
@@ -150,23 +156,25 @@ __device__ void bn_stats_partial_impl(const float* __restrict__ x, int n, int C,
     }
 }
 
-extern "C" __global__ void bn_stats_partial_v1(const float* __restrict__ x, int n, int C, int rpc,
-                                               float* __restrict__ pmean, float* __restrict__ pm2)
+extern "C" __global__ void batchnorm_forward_train_stats_v1(
+    const float* __restrict__ x, int n, int C, int rpc, float* __restrict__ pmean,
+    float* __restrict__ pm2)
 {
-    bn_stats_partial_impl<1>(x, n, C, rpc, pmean, pm2);
+    batchnorm_forward_train_stats_impl<1>(x, n, C, rpc, pmean, pm2);
 }
 
-extern "C" __global__ void bn_stats_partial_v4(const float* __restrict__ x, int n, int C, int rpc,
-                                               float* __restrict__ pmean, float* __restrict__ pm2)
+extern "C" __global__ void batchnorm_forward_train_stats_v4(
+    const float* __restrict__ x, int n, int C, int rpc, float* __restrict__ pmean,
+    float* __restrict__ pm2)
 {
-    bn_stats_partial_impl<4>(x, n, C, rpc, pmean, pm2);
+    batchnorm_forward_train_stats_impl<4>(x, n, C, rpc, pmean, pm2);
 }
 
 // Training forward, pass 2 (one thread per column): merge the chunk partials in chunk order,
 // write mean, invstd, the shifted mean and gamma * invstd, update the running statistics:
 // running = running * (1 - momentum) + momentum * stat, the variance unbiased by n / (n - 1)
 // (unbias_m = momentum * n / (n - 1), computed on the host as the reference does).
-extern "C" __global__ void bn_stats_finish(const float* __restrict__ x,
+extern "C" __global__ void batchnorm_forward_train_finish(const float* __restrict__ x,
                                            const float* __restrict__ pmean,
                                            const float* __restrict__ pm2, int nchunks, int rpc,
                                            int n, int C, const float* __restrict__ gamma,
@@ -200,9 +208,10 @@ extern "C" __global__ void bn_stats_finish(const float* __restrict__ x,
 
 // Training forward, pass 3: y = ((x - K) - mean_shifted) * (gamma * invstd) + beta [, ReLU].
 template <int VEC>
-__device__ void bn_apply_impl(const float* __restrict__ x, int n, int C, int rpc,
-                              const float* __restrict__ dmean, const float* __restrict__ scale,
-                              const float* __restrict__ beta, int relu, float* __restrict__ y)
+__device__ void batchnorm_forward_train_apply_impl(
+    const float* __restrict__ x, int n, int C, int rpc, const float* __restrict__ dmean,
+    const float* __restrict__ scale, const float* __restrict__ beta, int relu,
+    float* __restrict__ y)
 {
     const int tx = threadIdx.x, ty = threadIdx.y;
     const int col0 = (blockIdx.x * blockDim.x + tx) * VEC;
@@ -247,28 +256,26 @@ __device__ void bn_apply_impl(const float* __restrict__ x, int n, int C, int rpc
     }
 }
 
-extern "C" __global__ void bn_apply_v1(const float* __restrict__ x, int n, int C, int rpc,
-                                       const float* __restrict__ dmean,
-                                       const float* __restrict__ scale,
-                                       const float* __restrict__ beta, int relu,
-                                       float* __restrict__ y)
+extern "C" __global__ void batchnorm_forward_train_apply_v1(
+    const float* __restrict__ x, int n, int C, int rpc, const float* __restrict__ dmean,
+    const float* __restrict__ scale, const float* __restrict__ beta, int relu,
+    float* __restrict__ y)
 {
-    bn_apply_impl<1>(x, n, C, rpc, dmean, scale, beta, relu, y);
+    batchnorm_forward_train_apply_impl<1>(x, n, C, rpc, dmean, scale, beta, relu, y);
 }
 
-extern "C" __global__ void bn_apply_v4(const float* __restrict__ x, int n, int C, int rpc,
-                                       const float* __restrict__ dmean,
-                                       const float* __restrict__ scale,
-                                       const float* __restrict__ beta, int relu,
-                                       float* __restrict__ y)
+extern "C" __global__ void batchnorm_forward_train_apply_v4(
+    const float* __restrict__ x, int n, int C, int rpc, const float* __restrict__ dmean,
+    const float* __restrict__ scale, const float* __restrict__ beta, int relu,
+    float* __restrict__ y)
 {
-    bn_apply_impl<4>(x, n, C, rpc, dmean, scale, beta, relu, y);
+    batchnorm_forward_train_apply_impl<4>(x, n, C, rpc, dmean, scale, beta, relu, y);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Inference forward: y = (x - running_mean) * (gamma / sqrt(running_var + eps)) + beta [, ReLU].
 template <int VEC>
-__device__ void bn_infer_impl(const float* __restrict__ x, int n, int C, int rpc,
+__device__ void batchnorm_forward_infer_impl(const float* __restrict__ x, int n, int C, int rpc,
                               const float* __restrict__ gamma, const float* __restrict__ beta,
                               const float* __restrict__ rmean, const float* __restrict__ rvar,
                               float eps, int relu, float* __restrict__ y)
@@ -318,24 +325,20 @@ __device__ void bn_infer_impl(const float* __restrict__ x, int n, int C, int rpc
     }
 }
 
-extern "C" __global__ void bn_infer_v1(const float* __restrict__ x, int n, int C, int rpc,
-                                       const float* __restrict__ gamma,
-                                       const float* __restrict__ beta,
-                                       const float* __restrict__ rmean,
-                                       const float* __restrict__ rvar, float eps, int relu,
-                                       float* __restrict__ y)
+extern "C" __global__ void batchnorm_forward_infer_v1(
+    const float* __restrict__ x, int n, int C, int rpc, const float* __restrict__ gamma,
+    const float* __restrict__ beta, const float* __restrict__ rmean,
+    const float* __restrict__ rvar, float eps, int relu, float* __restrict__ y)
 {
-    bn_infer_impl<1>(x, n, C, rpc, gamma, beta, rmean, rvar, eps, relu, y);
+    batchnorm_forward_infer_impl<1>(x, n, C, rpc, gamma, beta, rmean, rvar, eps, relu, y);
 }
 
-extern "C" __global__ void bn_infer_v4(const float* __restrict__ x, int n, int C, int rpc,
-                                       const float* __restrict__ gamma,
-                                       const float* __restrict__ beta,
-                                       const float* __restrict__ rmean,
-                                       const float* __restrict__ rvar, float eps, int relu,
-                                       float* __restrict__ y)
+extern "C" __global__ void batchnorm_forward_infer_v4(
+    const float* __restrict__ x, int n, int C, int rpc, const float* __restrict__ gamma,
+    const float* __restrict__ beta, const float* __restrict__ rmean,
+    const float* __restrict__ rvar, float eps, int relu, float* __restrict__ y)
 {
-    bn_infer_impl<4>(x, n, C, rpc, gamma, beta, rmean, rvar, eps, relu, y);
+    batchnorm_forward_infer_impl<4>(x, n, C, rpc, gamma, beta, rmean, rvar, eps, relu, y);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -343,10 +346,10 @@ extern "C" __global__ void bn_infer_v4(const float* __restrict__ x, int n, int C
 // masked by y > 0 when has_y (the fused-ReLU output).  `y` must point at a valid buffer even
 // when has_y is 0 (it is not read then).
 template <int VEC>
-__device__ void bn_bwd_reduce_impl(const float* __restrict__ dy, const float* __restrict__ x,
-                                   const float* __restrict__ y, int has_y, int n, int C, int rpc,
-                                   const float* __restrict__ mean, float* __restrict__ psum_g,
-                                   float* __restrict__ psum_gx)
+__device__ void batchnorm_backward_reduce_impl(
+    const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ y,
+    int has_y, int n, int C, int rpc, const float* __restrict__ mean,
+    float* __restrict__ psum_g, float* __restrict__ psum_gx)
 {
     __shared__ float s_g[BN_MAX_THREADS * 4];
     __shared__ float s_gx[BN_MAX_THREADS * 4];
@@ -433,29 +436,29 @@ __device__ void bn_bwd_reduce_impl(const float* __restrict__ dy, const float* __
     }
 }
 
-extern "C" __global__ void bn_bwd_reduce_v1(const float* __restrict__ dy,
+extern "C" __global__ void batchnorm_backward_reduce_v1(const float* __restrict__ dy,
                                             const float* __restrict__ x,
                                             const float* __restrict__ y, int has_y, int n, int C,
                                             int rpc, const float* __restrict__ mean,
                                             float* __restrict__ psum_g,
                                             float* __restrict__ psum_gx)
 {
-    bn_bwd_reduce_impl<1>(dy, x, y, has_y, n, C, rpc, mean, psum_g, psum_gx);
+    batchnorm_backward_reduce_impl<1>(dy, x, y, has_y, n, C, rpc, mean, psum_g, psum_gx);
 }
 
-extern "C" __global__ void bn_bwd_reduce_v4(const float* __restrict__ dy,
+extern "C" __global__ void batchnorm_backward_reduce_v4(const float* __restrict__ dy,
                                             const float* __restrict__ x,
                                             const float* __restrict__ y, int has_y, int n, int C,
                                             int rpc, const float* __restrict__ mean,
                                             float* __restrict__ psum_g,
                                             float* __restrict__ psum_gx)
 {
-    bn_bwd_reduce_impl<4>(dy, x, y, has_y, n, C, rpc, mean, psum_g, psum_gx);
+    batchnorm_backward_reduce_impl<4>(dy, x, y, has_y, n, C, rpc, mean, psum_g, psum_gx);
 }
 
 // Backward, pass 2 (one thread per column): dbeta = sum g, dgamma = invstd * sum g (x - mean),
 // coef = gamma * invstd / n, summing the chunk partials in chunk order.
-extern "C" __global__ void bn_bwd_finish(const float* __restrict__ psum_g,
+extern "C" __global__ void batchnorm_backward_finish(const float* __restrict__ psum_g,
                                          const float* __restrict__ psum_gx, int nchunks, int C,
                                          const float* __restrict__ gamma,
                                          const float* __restrict__ invstd, float fn,
@@ -478,13 +481,12 @@ extern "C" __global__ void bn_bwd_finish(const float* __restrict__ psum_g,
 
 // Backward, pass 3: dx = coef * ((n * g - x_hat * dgamma) - dbeta), x_hat = (x - mean) * invstd.
 template <int VEC>
-__device__ void bn_bwd_apply_impl(const float* __restrict__ dy, const float* __restrict__ x,
-                                  const float* __restrict__ y, int has_y, int n, int C, int rpc,
-                                  const float* __restrict__ mean, const float* __restrict__ invstd,
-                                  const float* __restrict__ dgamma,
-                                  const float* __restrict__ dbeta,
-                                  const float* __restrict__ coef, float fn,
-                                  float* __restrict__ dx)
+__device__ void batchnorm_backward_apply_impl(
+    const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ y,
+    int has_y, int n, int C, int rpc, const float* __restrict__ mean,
+    const float* __restrict__ invstd, const float* __restrict__ dgamma,
+    const float* __restrict__ dbeta, const float* __restrict__ coef, float fn,
+    float* __restrict__ dx)
 {
     const int tx = threadIdx.x, ty = threadIdx.y;
     const int col0 = (blockIdx.x * blockDim.x + tx) * VEC;
@@ -520,7 +522,7 @@ __device__ void bn_bwd_apply_impl(const float* __restrict__ dy, const float* __r
     }
 }
 
-extern "C" __global__ void bn_bwd_apply_v1(const float* __restrict__ dy,
+extern "C" __global__ void batchnorm_backward_apply_v1(const float* __restrict__ dy,
                                            const float* __restrict__ x,
                                            const float* __restrict__ y, int has_y, int n, int C,
                                            int rpc, const float* __restrict__ mean,
@@ -530,10 +532,11 @@ extern "C" __global__ void bn_bwd_apply_v1(const float* __restrict__ dy,
                                            const float* __restrict__ coef, float fn,
                                            float* __restrict__ dx)
 {
-    bn_bwd_apply_impl<1>(dy, x, y, has_y, n, C, rpc, mean, invstd, dgamma, dbeta, coef, fn, dx);
+    batchnorm_backward_apply_impl<1>(dy, x, y, has_y, n, C, rpc, mean, invstd, dgamma, dbeta,
+                                     coef, fn, dx);
 }
 
-extern "C" __global__ void bn_bwd_apply_v4(const float* __restrict__ dy,
+extern "C" __global__ void batchnorm_backward_apply_v4(const float* __restrict__ dy,
                                            const float* __restrict__ x,
                                            const float* __restrict__ y, int has_y, int n, int C,
                                            int rpc, const float* __restrict__ mean,
@@ -543,5 +546,6 @@ extern "C" __global__ void bn_bwd_apply_v4(const float* __restrict__ dy,
                                            const float* __restrict__ coef, float fn,
                                            float* __restrict__ dx)
 {
-    bn_bwd_apply_impl<4>(dy, x, y, has_y, n, C, rpc, mean, invstd, dgamma, dbeta, coef, fn, dx);
+    batchnorm_backward_apply_impl<4>(dy, x, y, has_y, n, C, rpc, mean, invstd, dgamma, dbeta,
+                                     coef, fn, dx);
 }

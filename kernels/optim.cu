@@ -1,7 +1,7 @@
 // Optimizer updates over the flat float32 parameter buffer: one elementwise launch per step.
 //
 // Plain CUDA C++ with no toolkit headers (NVRTC via CuPy, nvcc in the tests, the host C++
-// compiler under tests/cuda_emu).  Formulas exactly those of gpunet/backend/base.py:
+// compiler under tests/cuda_emu).  The formulas of the reference, gpunet/backend/base.py:
 //
 //   decay_mode 0: g' = g;  1: g' = g + decay * w;  2: g' = g + (decay * mask[i]) * w
 //   (mask points at a valid buffer in every mode; it is read only in mode 2)
@@ -16,8 +16,9 @@
 //
 // Device-scalar variants (suffix _dev) read the step's scalars from device memory, so that a
 // captured CUDA graph replays with the current values: sc[0] is lr (Adam: lr_c1) and sc[1] is
-// c2, written by opt_scalars, which also advances the device step counter. The _dev kernels
-// share their bodies with the host-scalar kernels: the same scalars give the same bits.
+// c2, written by optimizer_scalars, which also advances the device step counter. The _dev
+// kernels share their bodies with the host-scalar kernels: the same scalars give the same bits.
+// Kernel names are the backend ops' (docs/architecture.md, "Op table").
 
 __device__ __forceinline__ float opt_grad(const float* __restrict__ g,
                                           const float* __restrict__ w,
@@ -130,8 +131,9 @@ extern "C" __global__ void adam_update(float* __restrict__ w, const float* __res
 // ---------------------------------------------------------------- device scalars
 // One thread: t += 1; sc[0] = lr / (1 - beta1^t), sc[1] = 1 - beta2^t, in double as the host
 // computes them (beta = 0 gives a factor of exactly 1: SGD, Momentum, RMSprop).
-extern "C" __global__ void opt_scalars(long long* __restrict__ t, const double* __restrict__ lr,
-                                       float* __restrict__ sc, double beta1, double beta2)
+extern "C" __global__ void optimizer_scalars(
+    long long* __restrict__ t, const double* __restrict__ lr, float* __restrict__ sc,
+    double beta1, double beta2)
 {
     if (blockIdx.x != 0 || threadIdx.x != 0) return;
     const long long step = t[0] + 1;

@@ -7,10 +7,14 @@
 // mode 1 (cross-entropy), labels y (int64), optional class weights w:
 //   rowloss[i] = w_i * (log sum exp(z_i - max) - (z_i[y_i] - max))      (w_i = 1 without weights)
 //   out[i, j]  = (softmax(z_i)_j - [j == y_i]) * s_i,  s_i = 1 / n, or w_i / total with weights
-//   where total = sum_i w[y_i] was written to total[0] by ce_weight_total.
-// The mean loss is then reduced by ce_loss_reduce in a fixed order (no atomics).
+//   where total = sum_i w[y_i] was written to total[0] by
+//   softmax_cross_entropy_weight_total.
+// The mean loss is then reduced by softmax_cross_entropy_loss_reduce in a fixed order (no
+// atomics).
 // A label outside [0, C) makes that row's loss NaN (the caller validates labels first).
 //
+// Kernel names follow the backend op (docs/architecture.md, "Op table"): softmax_warp_* and
+// softmax_block serve both ops (softmax, softmax_cross_entropy), the others the loss only.
 // softmax_warp_<ITEMS>: one warp per row, C <= 32 * ITEMS, the row kept in registers, max and
 // sum by warp shuffles; softmax_block: one block per row (any C), online max / sum per thread,
 // merged in shared memory, then a second pass over the row (mostly from cache).
@@ -103,23 +107,72 @@ __device__ void softmax_warp_impl(const float* __restrict__ logits,
     }
 }
 
-#define SOFTMAX_WARP(ITEMS)                                                                     \
-    extern "C" __global__ void softmax_warp_##ITEMS(                                            \
-        const float* __restrict__ logits, const long long* __restrict__ labels,                 \
-        const float* __restrict__ weights, const float* __restrict__ total, int n, int C,       \
-        int mode, int has_weights, float inv_n, float* __restrict__ out,                        \
-        float* __restrict__ rowloss)                                                            \
-    {                                                                                           \
-        softmax_warp_impl<ITEMS>(logits, labels, weights, total, n, C, mode, has_weights,       \
-                                 inv_n, out, rowloss);                                          \
-    }
+// One instance per row width class, each named in full (the host code picks one by name).
+extern "C" __global__ void softmax_warp_1(const float* __restrict__ logits,
+                                          const long long* __restrict__ labels,
+                                          const float* __restrict__ weights,
+                                          const float* __restrict__ total, int n, int C,
+                                          int mode, int has_weights, float inv_n,
+                                          float* __restrict__ out, float* __restrict__ rowloss)
+{
+    softmax_warp_impl<1>(logits, labels, weights, total, n, C, mode, has_weights, inv_n, out,
+                          rowloss);
+}
 
-SOFTMAX_WARP(1)
-SOFTMAX_WARP(2)
-SOFTMAX_WARP(4)
-SOFTMAX_WARP(8)
-SOFTMAX_WARP(16)
-SOFTMAX_WARP(32)
+extern "C" __global__ void softmax_warp_2(const float* __restrict__ logits,
+                                          const long long* __restrict__ labels,
+                                          const float* __restrict__ weights,
+                                          const float* __restrict__ total, int n, int C,
+                                          int mode, int has_weights, float inv_n,
+                                          float* __restrict__ out, float* __restrict__ rowloss)
+{
+    softmax_warp_impl<2>(logits, labels, weights, total, n, C, mode, has_weights, inv_n, out,
+                          rowloss);
+}
+
+extern "C" __global__ void softmax_warp_4(const float* __restrict__ logits,
+                                          const long long* __restrict__ labels,
+                                          const float* __restrict__ weights,
+                                          const float* __restrict__ total, int n, int C,
+                                          int mode, int has_weights, float inv_n,
+                                          float* __restrict__ out, float* __restrict__ rowloss)
+{
+    softmax_warp_impl<4>(logits, labels, weights, total, n, C, mode, has_weights, inv_n, out,
+                          rowloss);
+}
+
+extern "C" __global__ void softmax_warp_8(const float* __restrict__ logits,
+                                          const long long* __restrict__ labels,
+                                          const float* __restrict__ weights,
+                                          const float* __restrict__ total, int n, int C,
+                                          int mode, int has_weights, float inv_n,
+                                          float* __restrict__ out, float* __restrict__ rowloss)
+{
+    softmax_warp_impl<8>(logits, labels, weights, total, n, C, mode, has_weights, inv_n, out,
+                          rowloss);
+}
+
+extern "C" __global__ void softmax_warp_16(const float* __restrict__ logits,
+                                          const long long* __restrict__ labels,
+                                          const float* __restrict__ weights,
+                                          const float* __restrict__ total, int n, int C,
+                                          int mode, int has_weights, float inv_n,
+                                          float* __restrict__ out, float* __restrict__ rowloss)
+{
+    softmax_warp_impl<16>(logits, labels, weights, total, n, C, mode, has_weights, inv_n, out,
+                          rowloss);
+}
+
+extern "C" __global__ void softmax_warp_32(const float* __restrict__ logits,
+                                          const long long* __restrict__ labels,
+                                          const float* __restrict__ weights,
+                                          const float* __restrict__ total, int n, int C,
+                                          int mode, int has_weights, float inv_n,
+                                          float* __restrict__ out, float* __restrict__ rowloss)
+{
+    softmax_warp_impl<32>(logits, labels, weights, total, n, C, mode, has_weights, inv_n, out,
+                          rowloss);
+}
 
 #define SM_BLOCK_MAX 1024
 
@@ -203,7 +256,7 @@ __device__ __forceinline__ float block_sum_pow2(float v, float* s_buf)
 }
 
 // total[0] = sum_i weights[labels[i]] (labels outside [0, C) count 0).
-extern "C" __global__ void ce_weight_total(const long long* __restrict__ labels,
+extern "C" __global__ void softmax_cross_entropy_weight_total(const long long* __restrict__ labels,
                                            const float* __restrict__ weights, int n, int C,
                                            float* __restrict__ total)
 {
@@ -218,9 +271,9 @@ extern "C" __global__ void ce_weight_total(const long long* __restrict__ labels,
 }
 
 // loss[0] = sum_i rowloss[i] / (total[0] if has_weights else fn).
-extern "C" __global__ void ce_loss_reduce(const float* __restrict__ rowloss, int n,
-                                          const float* __restrict__ total, int has_weights,
-                                          float fn, float* __restrict__ loss)
+extern "C" __global__ void softmax_cross_entropy_loss_reduce(
+    const float* __restrict__ rowloss, int n, const float* __restrict__ total, int has_weights,
+    float fn, float* __restrict__ loss)
 {
     __shared__ float s_buf[SM_BLOCK_MAX];
     float acc = 0.0f;

@@ -1,32 +1,21 @@
-"""The CuPy backend's fused kernels on a GPU, against float64 references (DESIGN section 8):
-fresh random inputs at awkward and large shapes, hard values, bit-identical repeats, the
-fallback to the reference op for inputs the kernels do not take, compile errors naming the
-file and line, and an MLP trained with Adam matching the CPU. Skipped with a reason where CuPy
-or a GPU is absent."""
+"""The CuPy backend's fused kernels on a GPU, against the float64 references of
+``reference64`` (docs/architecture.md, "Tests"): fresh random inputs at awkward and large
+shapes, hard values, bit-identical repeats, the fallback to the reference op for inputs the
+kernels do not take, compile errors naming the file and line, and an MLP trained with Adam
+matching the CPU. GPU-only: the whole module skips, with one reason, where there is no usable
+GPU backend (``conftest.GPU_SKIP_REASON``)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import GPU_SKIP_REASON
 
-cupy = pytest.importorskip("cupy", reason="CuPy is not installed (pip install 'gpunet[cuda12]')")
+if GPU_SKIP_REASON is not None:
+    pytest.skip(GPU_SKIP_REASON, allow_module_level=True)
 
-
-def _device_count() -> int:
-    try:
-        return int(cupy.cuda.runtime.getDeviceCount())
-    except Exception:  # noqa: BLE001 - no driver, no device
-        return 0
-
-
-pytestmark = pytest.mark.skipif(_device_count() == 0, reason="no CUDA device is available")
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from cuda_emu import reference as R  # noqa: E402
+import cupy  # noqa: E402
+import reference64 as R  # noqa: E402
 
 import gpunet  # noqa: E402
 from gpunet import kernels  # noqa: E402
@@ -78,7 +67,7 @@ BN_SHAPES = [(2, 1), (3, 3), (17, 33), (17, 1000), (2, 1024), (513, 257), (4096,
 # ------------------------------------------------------------------ batch norm
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("n,c", BN_SHAPES)
-def test_bn_forward_train(be, n, c, relu):
+def test_batchnorm_forward_train(be, n, c, relu):
     rng = np.random.default_rng(n * 7 + c)
     host = _bn_inputs(rng, n, c)
     want = R.bn_train(*host, 0.1, 1e-5, relu)
@@ -90,7 +79,7 @@ def test_bn_forward_train(be, n, c, relu):
 
 
 @pytest.mark.parametrize("n,c", [(2, 3), (17, 33), (4096, 1024), (3001, 5)])
-def test_bn_forward_train_hard_values(be, n, c):
+def test_batchnorm_forward_train_hard_values(be, n, c):
     rng = np.random.default_rng(n + c)
     host = _bn_inputs(rng, n, c, 1e4, 1e-2)
     want = R.bn_train(*host, 0.1, 1e-5, False)
@@ -103,7 +92,7 @@ def test_bn_forward_train_hard_values(be, n, c):
 
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("n,c", [(1, 1), (3, 3), (17, 1000), (4096, 1024), (513, 257)])
-def test_bn_forward_infer(be, n, c, relu):
+def test_batchnorm_forward_infer(be, n, c, relu):
     rng = np.random.default_rng(n * 3 + c)
     host = _bn_inputs(rng, n, c)
     want = R.bn_infer(*host, 1e-5, relu)
@@ -125,7 +114,7 @@ def _check_backward(dx, dgamma, dbeta, dy, x, gamma, mean, invstd, y):
 
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("n,c", BN_SHAPES)
-def test_bn_backward(be, n, c, relu):
+def test_batchnorm_backward(be, n, c, relu):
     rng = np.random.default_rng(n * 11 + c)
     x, gamma, beta, rm, rv = _dev(*_bn_inputs(rng, n, c))
     y, mean, invstd = be.batchnorm_forward_train(x, gamma, beta, rm, rv, 0.1, 1e-5, relu=relu)
@@ -137,7 +126,7 @@ def test_bn_backward(be, n, c, relu):
                     None if yy is None else H(yy))
 
 
-def test_bn_backward_hard_values(be):
+def test_batchnorm_backward_hard_values(be):
     rng = np.random.default_rng(8)
     n, c = 4096, 33
     x, gamma, beta, rm, rv = _dev(*_bn_inputs(rng, n, c, 1e4, 1e-2))
@@ -148,7 +137,7 @@ def test_bn_backward_hard_values(be):
     _check_backward(dx, dgamma, dbeta, H(dy), H(x), H(gamma), H(mean), H(invstd), H(y))
 
 
-def test_bn_layer_and_one_sample_batch(be):
+def test_batchnorm_layer_and_one_sample_batch(be):
     bn = gpunet.layers.BatchNorm(5, backend=be)
     with pytest.raises(gpunet.backend.BatchTooSmallError):
         bn.forward(cupy.ones((1, 5), np.float32), training=True)
@@ -346,8 +335,8 @@ def test_compile_error_names_file_and_line(monkeypatch):
 def test_modules_are_compiled_once_per_device():
     a = kernels.get_module("softmax.cu")
     assert kernels.get_module("softmax.cu") is a
-    assert kernels.get_function("softmax.cu", "ce_loss_reduce") is kernels.get_function(
-        "softmax.cu", "ce_loss_reduce")
+    fn = kernels.get_function("softmax.cu", "softmax_cross_entropy_loss_reduce")
+    assert kernels.get_function("softmax.cu", "softmax_cross_entropy_loss_reduce") is fn
 
 
 def test_launch_config_reads_the_device(be):

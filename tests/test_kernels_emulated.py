@@ -1,6 +1,8 @@
-"""The CUDA kernels' own code, run on the CPU under the emulation in tests/cuda_emu (DESIGN 8,
-level 2), through the same host code as ``CupyBackend`` (launch geometry, workspaces, launch
-sequence), against float64 references at small awkward sizes and on hard values.
+"""The CUDA kernels' own code, run on the CPU under the emulation in tests/cuda_emu
+(docs/architecture.md, "CUDA kernels and their CPU emulation"), through the same host code as
+``CupyBackend`` (``gpunet/backend/cuda_host.py``: launch geometry, workspaces, launch
+sequence), against the float64 references of ``reference64`` at small awkward sizes and on
+hard values.
 
 Launch geometry is shrunk (few threads per block, several row chunks) so the block merges,
 chunk merges, tail columns and grid-stride loops are all exercised at these sizes.
@@ -17,10 +19,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cuda_emu as emu  # noqa: E402
-from cuda_emu import reference as R  # noqa: E402
+import reference64 as R  # noqa: E402
 
 import gpunet  # noqa: E402
 from gpunet.backend import NumpyBackend  # noqa: E402
+from gpunet.backend import cuda_host as host  # noqa: E402
 from gpunet.backend import cupy_backend as cb  # noqa: E402
 
 pytestmark = pytest.mark.skipif(emu.compiler() is None,
@@ -70,69 +73,71 @@ def _misaligned(a):
 
 
 # ------------------------------------------------------------------ batch norm
+def _forward_train(xp, launch, x, gamma, beta, rm, rv, relu, out):
+    """``host.batchnorm_forward_train`` with momentum 0.1 and eps 1e-5."""
+    return host.batchnorm_forward_train(xp, launch, CFG, x, gamma, beta, rm, rv, 0.1, 1e-5,
+                                        relu, out)
+
+
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("c", CS)
 @pytest.mark.parametrize("n", NS)
-def test_bn_forward_train(xp, launch, n, c, relu):
+def test_batchnorm_forward_train(xp, launch, n, c, relu):
     rng = np.random.default_rng(1000 * n + c)
     x = xp.array(_f32(rng, (n, c), 0.5, 2.0))
     gamma, beta, rm, rv = _bn_params(xp, rng, c)
     want = R.bn_train(x, gamma, beta, rm, rv, 0.1, 1e-5, relu)
     out = xp.empty((n, c))
-    y, mean, invstd = cb.bn_forward_train(xp, launch, CFG, x, gamma, beta, rm, rv, 0.1, 1e-5,
-                                          relu, out)
+    y, mean, invstd = _forward_train(xp, launch, x, gamma, beta, rm, rv, relu, out)
     assert y is out
     for name, got, ref in zip(("y", "mean", "invstd", "running_mean", "running_var"),
                               (y, mean, invstd, rm, rv), want, strict=True):
         assert R.relerr(got, ref) < TOL, name
 
 
-def test_bn_uses_16_byte_loads_when_aligned(xp, launch):
+def test_batchnorm_uses_16_byte_loads_when_aligned(xp, launch):
     rng = np.random.default_rng(5)
     x = xp.array(_f32(rng, (17, 12)))
     gamma, beta, rm, rv = _bn_params(xp, rng, 12)
     mod = emu.build("batchnorm.cu")
     start = len(mod.launches)
-    cb.bn_forward_train(xp, launch, CFG, x, gamma, beta, rm, rv, 0.1, 1e-5, False,
-                        xp.empty((17, 12)))
+    _forward_train(xp, launch, x, gamma, beta, rm, rv, False, xp.empty((17, 12)))
     names = [name for name, _, _ in mod.launches[start:]]
-    assert names == ["bn_stats_partial_v4", "bn_stats_finish", "bn_apply_v4"]
+    assert names == ["batchnorm_forward_train_stats_v4", "batchnorm_forward_train_finish",
+                     "batchnorm_forward_train_apply_v4"]
 
 
-def test_bn_misaligned_rows_take_the_scalar_path(xp, launch):
+def test_batchnorm_misaligned_rows_take_the_scalar_path(xp, launch):
     rng = np.random.default_rng(6)
     x = _misaligned(_f32(rng, (17, 12), 3.0, 0.5))
     gamma, beta, rm, rv = _bn_params(xp, rng, 12)
     want = R.bn_train(x, gamma, beta, rm, rv, 0.1, 1e-5, False)
     mod = emu.build("batchnorm.cu")
     start = len(mod.launches)
-    y, mean, invstd = cb.bn_forward_train(xp, launch, CFG, x, gamma, beta, rm, rv, 0.1, 1e-5,
-                                          False, xp.empty((17, 12)))
-    assert [nm for nm, _, _ in mod.launches[start:]][0] == "bn_stats_partial_v1"
+    y, mean, invstd = _forward_train(xp, launch, x, gamma, beta, rm, rv, False, xp.empty((17, 12)))
+    assert [nm for nm, _, _ in mod.launches[start:]][0] == "batchnorm_forward_train_stats_v1"
     assert R.relerr(y, want[0]) < TOL and R.relerr(invstd, want[2]) < TOL
 
 
 @pytest.mark.parametrize("n,c", [(2, 3), (17, 33), (64, 12), (200, 5)])
-def test_bn_hard_values_mean_1e4_std_1e_2(xp, launch, n, c):
+def test_batchnorm_hard_values_mean_1e4_std_1e_2(xp, launch, n, c):
     """Against a float64 two-pass: float32 Welford without the shift would stall here."""
     rng = np.random.default_rng(n * c)
     x = xp.array(_f32(rng, (n, c), 1e4, 1e-2))
     gamma, beta, rm, rv = _bn_params(xp, rng, c)
     want = R.bn_train(x, gamma, beta, rm, rv, 0.1, 1e-5, False)
-    y, mean, invstd = cb.bn_forward_train(xp, launch, CFG, x, gamma, beta, rm, rv, 0.1, 1e-5,
-                                          False, xp.empty((n, c)))
+    y, mean, invstd = _forward_train(xp, launch, x, gamma, beta, rm, rv, False, xp.empty((n, c)))
     for name, got, ref in zip(("y", "mean", "invstd", "running_mean", "running_var"),
                               (y, mean, invstd, rm, rv), want, strict=True):
         assert R.relerr(got, ref) < TOL, name
 
 
-def test_bn_constant_columns(xp, launch):
+def test_batchnorm_constant_columns(xp, launch):
     """Zero variance: invstd = 1/sqrt(eps), y = beta."""
     x = xp.array(np.full((17, 33), 3.25, dtype=np.float32))
     gamma, beta, rm, rv = _bn_params(xp, np.random.default_rng(0), 33)
     want = R.bn_train(x, gamma, beta, rm, rv, 0.1, 1e-5, False)
-    y, mean, invstd = cb.bn_forward_train(xp, launch, CFG, x, gamma, beta, rm, rv, 0.1, 1e-5,
-                                          False, xp.empty((17, 33)))
+    y, mean, invstd = _forward_train(xp, launch, x, gamma, beta, rm, rv, False, xp.empty((17, 33)))
     assert R.relerr(y, want[0]) < TOL
     assert R.relerr(invstd, want[2]) < TOL
 
@@ -140,19 +145,19 @@ def test_bn_constant_columns(xp, launch):
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("c", CS)
 @pytest.mark.parametrize("n", (1, 3, 17))
-def test_bn_forward_infer(xp, launch, n, c, relu):
+def test_batchnorm_forward_infer(xp, launch, n, c, relu):
     rng = np.random.default_rng(7 * n + c)
     x = xp.array(_f32(rng, (n, c), 0.5, 2.0))
     gamma, beta, rm, rv = _bn_params(xp, rng, c)
     rm0, rv0 = rm.copy(), rv.copy()
     want = R.bn_infer(x, gamma, beta, rm, rv, 1e-5, relu)
-    y = cb.bn_forward_infer(xp, launch, CFG, x, gamma, beta, rm, rv, 1e-5, relu,
-                            xp.empty((n, c)))
+    y = host.batchnorm_forward_infer(xp, launch, CFG, x, gamma, beta, rm, rv, 1e-5, relu,
+                                     xp.empty((n, c)))
     assert R.relerr(y, want) < TOL
     assert np.array_equal(rm, rm0) and np.array_equal(rv, rv0)  # nothing updated
 
 
-def _check_bn_backward(dx, dgamma, dbeta, dy, x, gamma, mean, invstd, y):
+def _check_batchnorm_backward(dx, dgamma, dbeta, dy, x, gamma, mean, invstd, y):
     """Errors relative to the size of the summed terms (the backward cancels by design: for
     n = 2 dx is ~0), and relative to the result where it does not cancel much."""
     want = R.bn_backward(dy, x, gamma, mean, invstd, y)
@@ -167,32 +172,30 @@ def _check_bn_backward(dx, dgamma, dbeta, dy, x, gamma, mean, invstd, y):
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("c", CS)
 @pytest.mark.parametrize("n", NS)
-def test_bn_backward(xp, launch, n, c, relu):
+def test_batchnorm_backward(xp, launch, n, c, relu):
     rng = np.random.default_rng(11 * n + c)
     x = xp.array(_f32(rng, (n, c), 0.5, 2.0))
     gamma, beta, rm, rv = _bn_params(xp, rng, c)
-    y, mean, invstd = cb.bn_forward_train(xp, launch, CFG, x, gamma, beta, rm, rv, 0.1, 1e-5,
-                                          relu, xp.empty((n, c)))
+    y, mean, invstd = _forward_train(xp, launch, x, gamma, beta, rm, rv, relu, xp.empty((n, c)))
     dy = xp.array(_f32(rng, (n, c)))
     dgamma, dbeta = xp.empty(c), xp.empty(c)
     yy = y if relu else None
-    dx = cb.bn_backward(xp, launch, CFG, dy, x, gamma, mean, invstd, dgamma, dbeta, yy,
-                        xp.empty((n, c)))
-    _check_bn_backward(dx, dgamma, dbeta, dy, x, gamma, mean, invstd, yy)
+    dx = host.batchnorm_backward(xp, launch, CFG, dy, x, gamma, mean, invstd, dgamma, dbeta,
+                                 yy, xp.empty((n, c)))
+    _check_batchnorm_backward(dx, dgamma, dbeta, dy, x, gamma, mean, invstd, yy)
 
 
-def test_bn_backward_hard_values(xp, launch):
+def test_batchnorm_backward_hard_values(xp, launch):
     rng = np.random.default_rng(3)
     n, c = 64, 12
     x = xp.array(_f32(rng, (n, c), 1e4, 1e-2))
     gamma, beta, rm, rv = _bn_params(xp, rng, c)
-    y, mean, invstd = cb.bn_forward_train(xp, launch, CFG, x, gamma, beta, rm, rv, 0.1, 1e-5,
-                                          True, xp.empty((n, c)))
+    y, mean, invstd = _forward_train(xp, launch, x, gamma, beta, rm, rv, True, xp.empty((n, c)))
     dy = xp.array(_f32(rng, (n, c)))
     dgamma, dbeta = xp.empty(c), xp.empty(c)
-    dx = cb.bn_backward(xp, launch, CFG, dy, x, gamma, mean, invstd, dgamma, dbeta, y,
-                        xp.empty((n, c)))
-    _check_bn_backward(dx, dgamma, dbeta, dy, x, gamma, mean, invstd, y)
+    dx = host.batchnorm_backward(xp, launch, CFG, dy, x, gamma, mean, invstd, dgamma, dbeta,
+                                 y, xp.empty((n, c)))
+    _check_batchnorm_backward(dx, dgamma, dbeta, dy, x, gamma, mean, invstd, y)
 
 
 # ------------------------------------------------------------------ softmax
@@ -202,7 +205,7 @@ def test_bn_backward_hard_values(xp, launch):
 def test_softmax(xp, launch, cfg, n, c):
     rng = np.random.default_rng(13 * n + c)
     z = xp.array(_f32(rng, (n, c), 0.0, 3.0))
-    out = cb.softmax_rows(xp, launch, cfg, z, xp.empty((n, c)))
+    out = host.softmax(xp, launch, cfg, z, xp.empty((n, c)))
     assert R.relerr(out, R.softmax(z)) < TOL
 
 
@@ -215,7 +218,7 @@ def test_softmax_cross_entropy(xp, launch, cfg, n, c, weighted):
     z = xp.array(_f32(rng, (n, c), 0.0, 3.0))
     labels = xp.array(rng.integers(0, c, n).astype(np.int64))
     w = xp.array((rng.random(c) + 0.25).astype(np.float32)) if weighted else None
-    loss, dl = cb.softmax_xent(xp, launch, cfg, z, labels, w, xp.empty((n, c)))
+    loss, dl = host.softmax_cross_entropy(xp, launch, cfg, z, labels, w, xp.empty((n, c)))
     want_loss, want_dl = R.softmax_ce(z, labels, w)
     assert loss.shape == () and loss.dtype == np.float32
     assert R.relerr(loss, want_loss) < TOL
@@ -237,9 +240,9 @@ def test_softmax_hard_values(xp, launch, cfg, kind):
             z[:] = 1e4
     z = xp.array(z)
     labels = xp.array(rng.integers(0, c, n).astype(np.int64))
-    p = cb.softmax_rows(xp, launch, cfg, z, xp.empty((n, c)))
+    p = host.softmax(xp, launch, cfg, z, xp.empty((n, c)))
     assert R.relerr(p, R.softmax(z)) < TOL
-    loss, dl = cb.softmax_xent(xp, launch, cfg, z, labels, None, xp.empty((n, c)))
+    loss, dl = host.softmax_cross_entropy(xp, launch, cfg, z, labels, None, xp.empty((n, c)))
     want_loss, want_dl = R.softmax_ce(z, labels)
     assert np.isfinite(loss) and R.relerr(loss, want_loss) < TOL
     assert R.relerr(dl, want_dl) < TOL
@@ -265,18 +268,18 @@ def test_optimizers(xp, launch, size, decay, masked):
     mk = mask if masked else None
 
     w = xp.array(w0)
-    cb.opt_sgd(launch, CFG, w, g, 0.1, decay, mk)
+    host.sgd_update(launch, CFG, w, g, 0.1, decay, mk)
     assert _update_err(w, R.sgd(w0, g, 0.1, decay, mk), w0) < TOL
 
     w, v = xp.array(w0), xp.array(_f32(rng, size))
     v0 = v.copy()
-    cb.opt_momentum(launch, CFG, w, g, v, 0.5, 0.9, decay, mk)
+    host.momentum_update(launch, CFG, w, g, v, 0.5, 0.9, decay, mk)
     ww, vv = R.momentum(w0, g, v0, 0.5, 0.9, decay, mk)
     assert _update_err(w, ww, w0) < TOL and R.relerr(v, vv) < TOL
 
     w, s = xp.array(w0), xp.array(rng.random(size).astype(np.float32))
     s0 = s.copy()
-    cb.opt_rmsprop(launch, CFG, w, g, s, 0.1, 0.99, 1e-8, decay, mk)
+    host.rmsprop_update(launch, CFG, w, g, s, 0.1, 0.99, 1e-8, decay, mk)
     ww, ss = R.rmsprop(w0, g, s0, 0.1, 0.99, 1e-8, decay, mk)
     assert _update_err(w, ww, w0) < TOL and R.relerr(s, ss) < TOL
 
@@ -284,7 +287,7 @@ def test_optimizers(xp, launch, size, decay, masked):
         w, m, v = xp.array(w0), xp.array(_f32(rng, size, 0, 0.1)), \
             xp.array(rng.random(size).astype(np.float32) * 0.01)
         m0, v0 = m.copy(), v.copy()
-        cb.opt_adam(launch, CFG, w, g, m, v, 0.1, 0.9, 0.999, 1e-8, step, decay, mk)
+        host.adam_update(launch, CFG, w, g, m, v, 0.1, 0.9, 0.999, 1e-8, step, decay, mk)
         ww, mm, vv = R.adam(w0, g, m0, v0, 0.1, 0.9, 0.999, 1e-8, step, decay, mk)
         assert _update_err(w, ww, w0) < TOL
         assert R.relerr(m, mm) < TOL and R.relerr(v, vv) < TOL
@@ -292,7 +295,7 @@ def test_optimizers(xp, launch, size, decay, masked):
 
 @pytest.mark.parametrize("opt", ["sgd", "momentum", "rmsprop", "adam"])
 def test_device_scalar_kernels_equal_host_scalar_ones(xp, launch, opt):
-    """opt_scalars advances the device step count and derives the scalars as the host does,
+    """optimizer_scalars advances the device step count and derives the scalars as the host does,
     and each ``*_dev`` kernel then gives the host-scalar kernel's bits (CUDA-graph replay)."""
     rng = np.random.default_rng(7)
     size, lr, b1, b2 = 37, 0.01, 0.9, 0.999
@@ -304,7 +307,7 @@ def test_device_scalar_kernels_equal_host_scalar_ones(xp, launch, opt):
     sc = xp.array(np.zeros(2, dtype=np.float32))
     betas = (b1, b2) if opt == "adam" else (0.0, 0.0)
     for step in (5, 6):
-        cb.opt_scalars(launch, t, lr_dev, sc, *betas)
+        host.optimizer_scalars(launch, t, lr_dev, sc, *betas)
         assert int(t[0]) == step
         if opt == "adam":
             assert sc[0] == np.float32(lr / (1 - b1**step))
@@ -316,18 +319,25 @@ def test_device_scalar_kernels_equal_host_scalar_ones(xp, launch, opt):
         for dev in (False, True):
             w = xp.array(w0)
             st = [xp.array(a) for a in states]
-            kw = {"sc": sc} if dev else {}
-            if opt == "sgd":
-                cb.opt_sgd(launch, CFG, w, g, lr, 0.01, mask, **kw)
+            st[1] = xp.array(np.abs(np.asarray(st[1])))  # a mean square: not negative
+            if opt == "sgd" and dev:
+                host.sgd_update_dev(launch, CFG, w, g, sc, 0.01, mask)
+            elif opt == "sgd":
+                host.sgd_update(launch, CFG, w, g, lr, 0.01, mask)
+            elif opt == "momentum" and dev:
+                host.momentum_update_dev(launch, CFG, w, g, st[0], sc, 0.9, 0.01, mask)
             elif opt == "momentum":
-                cb.opt_momentum(launch, CFG, w, g, st[0], lr, 0.9, 0.01, mask, **kw)
+                host.momentum_update(launch, CFG, w, g, st[0], lr, 0.9, 0.01, mask)
+            elif opt == "rmsprop" and dev:
+                host.rmsprop_update_dev(launch, CFG, w, g, st[1], sc, 0.99, 1e-8, 0.01, mask)
             elif opt == "rmsprop":
-                st[1] = xp.array(np.abs(np.asarray(st[1])))
-                cb.opt_rmsprop(launch, CFG, w, g, st[1], lr, 0.99, 1e-8, 0.01, mask, **kw)
+                host.rmsprop_update(launch, CFG, w, g, st[1], lr, 0.99, 1e-8, 0.01, mask)
+            elif dev:
+                host.adam_update_dev(launch, CFG, w, g, st[0], st[1], sc, b1, b2, 1e-8, 0.01,
+                                     mask)
             else:
-                st[1] = xp.array(np.abs(np.asarray(st[1])))
-                cb.opt_adam(launch, CFG, w, g, st[0], st[1], lr, b1, b2, 1e-8, step, 0.01, mask,
-                            **kw)
+                host.adam_update(launch, CFG, w, g, st[0], st[1], lr, b1, b2, 1e-8, step, 0.01,
+                                 mask)
             results.append([np.asarray(w).copy()] + [np.asarray(a).copy() for a in st])
         for host_arr, dev_arr in zip(*results, strict=True):
             np.testing.assert_array_equal(host_arr, dev_arr)
@@ -346,13 +356,14 @@ def test_repeat_runs_are_bit_identical(launch):
 
     def run():
         rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
-        y, mean, invstd = cb.bn_forward_train(np, launch, CFG, x, gamma, beta, rm, rv, 0.1,
-                                              1e-5, True, np.empty((n, c), np.float32))
+        y, mean, invstd = host.batchnorm_forward_train(np, launch, CFG, x, gamma, beta, rm, rv,
+                                                       0.1, 1e-5, True,
+                                                       np.empty((n, c), np.float32))
         dg, db = np.empty(c, np.float32), np.empty(c, np.float32)
-        dx = cb.bn_backward(np, launch, CFG, dy, x, gamma, mean, invstd, dg, db, y,
-                            np.empty((n, c), np.float32))
-        loss, dl = cb.softmax_xent(np, launch, CFG, z, labels, wts,
-                                   np.empty(z.shape, np.float32))
+        dx = host.batchnorm_backward(np, launch, CFG, dy, x, gamma, mean, invstd, dg, db, y,
+                                     np.empty((n, c), np.float32))
+        loss, dl = host.softmax_cross_entropy(np, launch, CFG, z, labels, wts,
+                                              np.empty(z.shape, np.float32))
         return [a.copy() for a in (y, mean, invstd, rm, rv, dx, dg, db, loss, dl)]
 
     first, second = run(), run()
@@ -450,13 +461,13 @@ def test_mlp_training_matches_numpy_backend(opt):
 def test_launch_arguments_are_checked_strictly(launch):
     x = np.zeros((3, 4), np.float32)
     with pytest.raises(TypeError, match="numpy.int32"):
-        launch("batchnorm.cu", "bn_stats_partial_v1", (1, 1, 1), (4, 1, 1),
+        launch("batchnorm.cu", "batchnorm_forward_train_stats_v1", (1, 1, 1), (4, 1, 1),
                (x, 3, np.int32(4), np.int32(3), x, x))
     with pytest.raises(TypeError, match="float32"):
-        launch("batchnorm.cu", "bn_stats_partial_v1", (1, 1, 1), (4, 1, 1),
+        launch("batchnorm.cu", "batchnorm_forward_train_stats_v1", (1, 1, 1), (4, 1, 1),
                (x.astype(np.float64), np.int32(3), np.int32(4), np.int32(3), x, x))
     with pytest.raises(ValueError, match="block"):
-        launch("batchnorm.cu", "bn_stats_partial_v1", (1, 1, 1), (2048, 1, 1),
+        launch("batchnorm.cu", "batchnorm_forward_train_stats_v1", (1, 1, 1), (2048, 1, 1),
                (x, np.int32(3), np.int32(4), np.int32(3), x, x))
 
 
@@ -466,6 +477,30 @@ def test_every_kernel_is_wrapped():
         assert mod.kernels, file
     assert {f"softmax_warp_{i}" for i in (1, 2, 4, 8, 16, 32)} <= set(
         emu.build("softmax.cu").kernels)
+
+
+#: backend op -> the prefix its kernels' names start with (docs/architecture.md, "Op table")
+OPS = {"batchnorm_forward_train": "batchnorm_forward_train_",
+       "batchnorm_forward_infer": "batchnorm_forward_infer_",
+       "batchnorm_backward": "batchnorm_backward_", "softmax": "softmax_",
+       "softmax_cross_entropy": "softmax_cross_entropy_", "sgd_update": "sgd_update",
+       "momentum_update": "momentum_update", "rmsprop_update": "rmsprop_update",
+       "adam_update": "adam_update", "optimizer_scalars": "optimizer_scalars"}
+
+
+def test_one_name_per_op_from_backend_method_to_kernel():
+    """Every kernel's name starts with the name of a ``CupyBackend`` method that calls the
+    host function of the same name, and appears in full in the host code (no name is built
+    at run time, so searching for a kernel's name finds its caller)."""
+    host_src = Path(host.__file__).read_text()
+    for file in gpunet_kernel_files():
+        for kernel in emu.parse_kernels((emu.KERNELS / file).read_text()):
+            assert f'"{kernel}"' in host_src, kernel
+            op = max((op for op, prefix in OPS.items() if kernel.startswith(prefix)),
+                     key=len, default=None)
+            assert op is not None, kernel
+            assert callable(getattr(host, op)) and callable(getattr(cb.CupyBackend, op)), op
+    assert 'f"' not in "".join(line for line in host_src.splitlines() if "launch(" in line)
 
 
 def gpunet_kernel_files():

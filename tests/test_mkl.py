@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import gpunet.backend.mkl as mkl_module
-from gpunet.backend.mkl import MklGemm, blas_choice, cpu_vendor, load_mkl
+import gpunet.backend.cpu.mkl as mkl_module
+from gpunet.backend.cpu.mkl import MklGemm, blas_choice, cpu_vendor, load_mkl
 from gpunet.backend.numpy_backend import NumpyBackend
 from gpunet.errors import ConfigError
 

@@ -1,28 +1,34 @@
-"""The NumPy backend against the base (reference) ops and float64, with 1-3 threads.
+"""The NumPy backend's overrides against the reference ``Backend`` ops and float64, with 1-3
+threads.
 
-``NumpyBackend`` overrides ``matmul`` (products split over its threads with the BLAS held at
-one thread); batch norm runs the base ops split over the backend's threads. Each must compute
-what the single-threaded reference computes: same shapes, same in-place updates, float32
-rounding apart.
+``NumpyBackend`` overrides the reference ops with the CPU machinery of ``gpunet/backend/cpu``
+(docs/architecture.md, "Op table"): products split over its threads, batch norm in fewer
+passes (and in place), optimizer updates in chunks on the level-1 BLAS. Each test runs the
+override (``NumpyBackend.op``) and the reference (``Backend.op``, a different function: see
+``test_fast_paths_are_overrides``) on the same inputs and compares both with the float64
+references of ``reference64``, and with each other.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference64 as R
 from conftest import relu_mask
 
 import gpunet as gn
 from gpunet.backend import NumpyBackend
 from gpunet.backend.base import Backend, BatchTooSmallError
+from gpunet.backend.cpu.blas1 import load_blas1
+from gpunet.backend.cpu.gemm import openblas_controllers
+from gpunet.backend.cpu.mkl import load_mkl
 
 THREADS = [1, 2, 3]
 BN_SHAPES = [(2, 1), (3, 3), (17, 33), (64, 10), (5, 1000), (100, 37), (512, 1024)]
 
 
 def rel(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
+    return R.relerr(a, b)
 
 
 @pytest.fixture(params=THREADS, ids=lambda t: f"threads{t}")
@@ -35,6 +41,18 @@ def rng():
     seed = np.random.SeedSequence().entropy
     print(f"rng seed: {seed}")
     return np.random.default_rng(seed)
+
+
+OVERRIDES = ["matmul", "matmuls", "batchnorm_forward_train", "batchnorm_forward_infer",
+             "batchnorm_backward", "batchnorm_forward_train_inplace",
+             "batchnorm_backward_inplace", "sgd_update", "momentum_update", "rmsprop_update",
+             "adam_update"]
+
+
+@pytest.mark.parametrize("op", OVERRIDES)
+def test_fast_paths_are_overrides(op):
+    """The fast path and the reference are two functions: comparing them tests something."""
+    assert getattr(NumpyBackend, op) is not getattr(Backend, op)
 
 
 # ---------------------------------------------------------------- matmul
@@ -59,6 +77,7 @@ def test_matmul_matches_float64(nb, rng, m, k, n, ta, tb):
     got = nb.matmul(a_, b_)
     assert got.shape == (m, n) and got.dtype == np.float32
     assert rel(got, ref) < 1e-5
+    assert rel(got, Backend.matmul(nb, a_, b_)) < 1e-5
     # out= a view into a flat buffer, as the MLP's gradient buffer is
     flat = np.full(m * n + 7, np.nan, np.float32)
     view = flat[3:3 + m * n].reshape(m, n)
@@ -139,24 +158,29 @@ def _bn_inputs(rng, shape, hard=False):
     return [np.asarray(a, np.float32) for a in (x, gamma, beta, rm, rv, dy)]
 
 
-def _ref64(x, gamma, beta, rm, rv, dy, relu, momentum=0.1, eps=1e-5, y_got=None, tol=1e-5):
-    """float64 batch norm [+ ReLU] and its backward; with `y_got`, the gradient goes through
-    the implementation's ReLU mask (see conftest.relu_mask; `tol` is y's relative accuracy)."""
-    x, dy = x.astype(np.float64), dy.astype(np.float64)
-    n = x.shape[0]
-    mean = x.mean(0)
-    var = ((x - mean) ** 2).mean(0)
-    invstd = 1 / np.sqrt(var + eps)
-    xhat = (x - mean) * invstd
-    y = gamma * xhat + beta
+def _ref64(x, gamma, beta, rm, rv, dy, relu, y_got=None, tol=1e-5):
+    """float64 batch norm [+ ReLU] and its backward (``reference64``); with ``y_got``, the
+    gradient goes through the implementation's ReLU mask (see conftest.relu_mask; ``tol`` is
+    y's relative accuracy)."""
+    pre, mean, invstd, rm, rv = R.bn_train(x, gamma, beta, rm, rv, 0.1, 1e-5)
+    mask = None
     if relu:
-        dy = dy * (y > 0 if y_got is None else relu_mask(y_got, y, tol))
-        y = np.maximum(y, 0)
-    rm = (1 - momentum) * rm + momentum * mean
-    rv = (1 - momentum) * rv + momentum * var * n / (n - 1)
-    dbeta, dgamma = dy.sum(0), (dy * xhat).sum(0)
-    dx = gamma * invstd * (dy - dbeta / n - xhat * dgamma / n)
+        mask = pre if y_got is None else relu_mask(y_got, pre, tol)
+    dx, dgamma, dbeta = R.bn_backward(dy, x, gamma, mean, invstd, mask)
+    y = np.maximum(pre, 0) if relu else pre
     return y, mean, invstd, rm, rv, dx, dgamma, dbeta
+
+
+BN_NAMES = ["y", "mean", "invstd", "running_mean", "running_var", "dx", "dgamma", "dbeta"]
+
+
+def _bn_scale(name, ref, args):
+    """What an error in ``name`` is measured against: the largest value of the float64
+    result ``ref`` (``_ref64``'s tuple), or for dx the size of its terms (it cancels to ~0
+    for n = 2): max |dy| * max |gamma| * max invstd."""
+    if name != "dx":
+        return max(np.abs(ref[BN_NAMES.index(name)]).max(), 1e-30)
+    return np.abs(args[5]).max() * np.abs(args[1]).max() * ref[2].max()
 
 
 def _run(be, op_owner, x, gamma, beta, rm, rv, dy, relu):
@@ -172,24 +196,35 @@ def _run(be, op_owner, x, gamma, beta, rm, rv, dy, relu):
 
 @pytest.mark.parametrize("shape", BN_SHAPES)
 @pytest.mark.parametrize("relu", [False, True])
-def test_batchnorm_fastpath_matches_base_and_float64(nb, rng, shape, relu):
+def test_batchnorm_fastpath_matches_reference_and_float64(nb, rng, shape, relu):
     args = _bn_inputs(rng, shape)
     fast = _run(nb, NumpyBackend, *args, relu)
-    base = _run(nb, Backend, *args, relu)
+    ref = _run(nb, Backend, *args, relu)
     # each against float64 through its own ReLU mask (they may differ where y rounds to 0)
-    ref_f, ref_b = (_ref64(*args, relu, y_got=got[0]) for got in (fast, base))
-    names = ["y", "mean", "invstd", "running_mean", "running_var", "dx", "dgamma", "dbeta"]
-    for name, f, b, rf, rb in zip(names, fast, base, ref_f, ref_b, strict=True):
-        assert f.shape == b.shape and f.dtype == b.dtype, name
-        # dx against the size of its terms (it cancels to ~0 for n = 2), as test_backend does
-        scale = np.abs(rf).max() if name != "dx" else (
-            np.abs(args[5]).max() * np.abs(args[1]).max() * ref_f[2].max())
-        assert np.abs(f - rf).max() / max(scale, 1e-30) < 1e-5, name
-        assert np.abs(b - rb).max() / max(scale, 1e-30) < 1e-5, name
+    ref_f, ref_r = (_ref64(*args, relu, y_got=got[0]) for got in (fast, ref))
+    for name, f, r, rf, rr in zip(BN_NAMES, fast, ref, ref_f, ref_r, strict=True):
+        assert f.shape == r.shape and f.dtype == r.dtype, name
+        scale = _bn_scale(name, ref_f, args)
+        # the override against the reference (not for the ReLU's gradients: the two masks
+        # may differ near 0, so each is compared through its own, with float64, below)
+        if not (relu and name in ("dx", "dgamma", "dbeta")):
+            assert np.abs(f - r).max() / scale < 2e-5, f"{name}: override vs reference"
+        assert np.abs(f - rf).max() / scale < 1e-5, f"{name}: override vs float64"
+        assert np.abs(r - rr).max() / scale < 1e-5, f"{name}: reference vs float64"
+
+
+def test_batchnorm_infer_fastpath_matches_reference_and_float64(nb, rng):
+    x, gamma, beta, rm, rv, _ = _bn_inputs(rng, (300, 37))
+    for relu in (False, True):
+        fast = nb.batchnorm_forward_infer(x, gamma, beta, rm, rv, 1e-5, relu=relu)
+        ref = Backend.batchnorm_forward_infer(nb, x, gamma, beta, rm, rv, 1e-5, relu=relu)
+        want = R.bn_infer(x, gamma, beta, rm, rv, 1e-5, relu)
+        assert fast.dtype == ref.dtype == np.float32
+        assert rel(fast, want) < 1e-5 and rel(ref, want) < 1e-5 and rel(fast, ref) < 2e-5
 
 
 def test_batchnorm_fastpath_hard_values(nb, rng):
-    """Mean 1e4, std 1e-2: the fast path's variance is as good as the base op's."""
+    """Mean 1e4, std 1e-2: the fast path's variance is as good as the reference's."""
     x, gamma, beta, rm, rv, dy = _bn_inputs(rng, (512, 37), hard=True)
     fast = _run(nb, NumpyBackend, x, gamma, beta, rm, rv, dy, False)
     base = _run(nb, Backend, x, gamma, beta, rm, rv, dy, False)
@@ -229,13 +264,9 @@ def test_optimizers_leave_gradients_alone(nb, rng, opt):
 # ---------------------------------------------------------------- optimizers on the level-1 BLAS
 def _blas1_sources():
     """Every level-1 BLAS this machine has: MKL's (gpunet[mkl]) and NumPy's OpenBLAS."""
-    from gpunet.backend.blas1 import load_blas1
-    from gpunet.backend.mkl import load_mkl
-    from gpunet.backend.numpy_backend import _openblas_controllers
-
     mkl = load_mkl("mkl")  # on any CPU: tested for its results
     found = {"mkl": load_blas1(mkl.lib) if mkl is not None else None,
-             "openblas": load_blas1(None, _openblas_controllers())}
+             "openblas": load_blas1(None, openblas_controllers())}
     return {k: v for k, v in found.items() if v is not None}
 
 
@@ -245,65 +276,27 @@ BLAS1 = _blas1_sources()
 def test_blas1_found_for_numpys_openblas():
     """NumPy's wheels bundle OpenBLAS with saxpby: the default install gets the fast path."""
     assert "openblas" in BLAS1 or not any(
-        lc.internal_api == "openblas" for lc in _controllers())
-
-
-def _controllers():
-    from gpunet.backend.numpy_backend import _openblas_controllers
-    return _openblas_controllers()
+        lc.internal_api == "openblas" for lc in openblas_controllers())
 
 
 def _opt_call(be, owner, opt, w, g, s1, s2, lr, step, decay, mask):
+    """One update of ``opt`` with ``R.OPT_HYPER``, by ``owner``'s op on ``be``."""
+    h = R.OPT_HYPER.get(opt, {})
     if opt == "sgd":
         owner.sgd_update(be, w, g, lr, decay, mask)
     elif opt == "momentum":
-        owner.momentum_update(be, w, g, s1, lr, 0.9, decay, mask)
+        owner.momentum_update(be, w, g, s1, lr, h["beta"], decay, mask)
     elif opt == "rmsprop":
-        owner.rmsprop_update(be, w, g, s1, lr, 0.99, 1e-8, decay, mask)
+        owner.rmsprop_update(be, w, g, s1, lr, h["beta2"], h["eps"], decay, mask)
     else:
-        owner.adam_update(be, w, g, s1, s2, lr, 0.9, 0.999, 1e-8, step, decay, mask)
+        owner.adam_update(be, w, g, s1, s2, lr, h["beta1"], h["beta2"], h["eps"], step, decay,
+                          mask)
 
 
-def _opt_ref64(opt, w, g, s1, s2, lr, step, decay, mask, scales=None):
-    """The textbook formulas in float64 (DESIGN section 3).
-
-    Returns the results and, per element, the magnitude each is summed from: the same formulas
-    with every term made positive (`scales`: the previous step's, or None on the first). A
-    float32 result can't be closer to the truth than a few ulps of that magnitude, whatever
-    cancellation leaves of the result itself, so that is what errors are measured against.
-    """
-    w, g, s1, s2 = (a.astype(np.float64) for a in (w, g, s1, s2))
-    aw, as1, as2 = (np.abs(a) for a in (w, s1, s2)) if scales is None else scales
-    dmask = 1.0 if mask is None else mask
-    ag = np.abs(g) + decay * dmask * aw
-    g = g + decay * dmask * w
-    if opt == "sgd":
-        w, aw = w - lr * g, aw + lr * ag
-    elif opt == "momentum":
-        s1, as1 = 0.9 * s1 + 0.1 * g, 0.9 * as1 + 0.1 * ag
-        w, aw = w - lr * s1, aw + lr * as1
-    elif opt == "rmsprop":
-        s1 = 0.99 * s1 + 0.01 * g * g
-        as1 = 0.99 * as1 + 0.01 * ag * ag
-        w, aw = w - lr * g / (np.sqrt(s1) + 1e-8), aw + lr * ag / (np.sqrt(s1) + 1e-8)
-    else:
-        s1, as1 = 0.9 * s1 + 0.1 * g, 0.9 * as1 + 0.1 * ag
-        s2 = 0.999 * s2 + 0.001 * g * g
-        as2 = 0.999 * as2 + 0.001 * ag * ag
-        denom = np.sqrt(s2 / (1 - 0.999**step)) + 1e-8
-        w = w - lr * (s1 / (1 - 0.9**step)) / denom
-        aw = aw + lr * (as1 / (1 - 0.9**step)) / denom
-    return (w, s1, s2), (aw, as1, as2)
+OPT_BUILDS = [None, *sorted(BLAS1)]  # None: the chunked ufuncs (no level-1 BLAS)
 
 
-def ulp_err(a, b, scale):
-    """max |a - b| measured in units of the float64 magnitude `scale` (see _opt_ref64)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return (np.abs(a - b) / np.maximum(scale, 1e-30)).max()
-
-
-@pytest.mark.skipif(not BLAS1, reason="no level-1 BLAS found")
-@pytest.mark.parametrize("source", sorted(BLAS1))
+@pytest.mark.parametrize("source", OPT_BUILDS, ids=lambda s: s or "ufuncs")
 @pytest.mark.parametrize("opt", ["sgd", "momentum", "rmsprop", "adam"])
 @pytest.mark.parametrize("n,decay,masked", [
     ((1 << 17) * 3 + 4321, 0.0, False),  # several chunks per thread, a ragged end
@@ -311,11 +304,12 @@ def ulp_err(a, b, scale):
     (7, 1e-2, False),                     # decay everywhere, one tiny chunk
     (1, 0.0, False),
 ])
-def test_optimizers_on_blas1_match_reference_and_float64(nb, rng, source, opt, n, decay,
-                                                          masked):
-    """Three steps of each update through saxpy / saxpby against the ufunc reference (the base
-    op on the same backend) and against float64 textbook formulas."""
-    nb.blas1 = BLAS1[source]
+def test_optimizers_fastpath_match_reference_and_float64(nb, rng, source, opt, n, decay,
+                                                         masked):
+    """Three steps of each update through the chunked override (on saxpy / saxpby, or on
+    ufuncs without a level-1 BLAS) against the reference (``Backend``'s op on the same
+    backend) and against float64 textbook formulas."""
+    nb.blas1 = BLAS1[source] if source else None
     w = rng.standard_normal(n).astype(np.float32)
     s1 = (rng.uniform(0, 0.01, n) if opt == "rmsprop"  # a mean square: not negative
           else rng.standard_normal(n) * 0.1).astype(np.float32)
@@ -328,12 +322,14 @@ def test_optimizers_on_blas1_match_reference_and_float64(nb, rng, source, opt, n
         lr = 0.01 * step
         _opt_call(nb, NumpyBackend, opt, *fast[:1], g, *fast[1:], lr, step, decay, mask)
         _opt_call(nb, Backend, opt, *ref[:1], g, *ref[1:], lr, step, decay, mask)
-        ref64, scales = _opt_ref64(opt, *ref64[:1], g, *ref64[1:], lr, step, decay, mask, scales)
+        ref64, scales = R.optimizer_step(opt, *ref64[:1], g, *ref64[1:], lr, step, decay, mask,
+                                         scales)
     for name, f, r, r64, sc in zip(["w", "state 1", "state 2"], fast, ref, ref64, scales,
                                    strict=True):
         # float32 is 6e-8 per rounding; 2e-6 leaves room for the three steps' roundings
-        assert ulp_err(f, r64, sc) < 2e-6, name
-        assert ulp_err(f, r, sc) < 2e-6, name
+        assert R.ulp_err(f, r64, sc) < 2e-6, name
+        assert R.ulp_err(r, r64, sc) < 2e-6, name
+        assert R.ulp_err(f, r, sc) < 2e-6, name
 
 
 def test_optimizer_fast_path_falls_back_on_strided_arrays(rng):
@@ -344,9 +340,9 @@ def test_optimizer_fast_path_falls_back_on_strided_arrays(rng):
     m, v = np.zeros(2000, np.float32), np.zeros(2000, np.float32)
     w0 = w.copy()
     be.adam_update(w[::2], g[::2], m[::2], v[::2], 0.1, 0.9, 0.999, 1e-8, 1)
-    ref, scale = _opt_ref64("adam", w0[::2], g[::2], np.zeros(1000), np.zeros(1000), 0.1, 1, 0.0,
-                            None)
-    assert ulp_err(w[::2], ref[0], scale[0]) < 2e-6
+    ref, scale = R.optimizer_step("adam", w0[::2], g[::2], np.zeros(1000), np.zeros(1000), 0.1,
+                                  1, 0.0, None)
+    assert R.ulp_err(w[::2], ref[0], scale[0]) < 2e-6
     np.testing.assert_array_equal(w[1::2], w0[1::2])
     assert not m[1::2].any() and not v[1::2].any()
 
@@ -357,43 +353,49 @@ def test_blas1_off_by_environment(monkeypatch):
 
 
 # ---------------------------------------------------------------- batch norm, centred in place
-def _run_in_place(be, x, gamma, beta, rm, rv, dy, relu, bool_mask=False):
-    """The MLP's CPU path: x centred in place by the forward, dx written over it, the masked
-    gradient formed in dy (from y, or from the forward's bool mask)."""
+def _run_in_place(be, owner, x, gamma, beta, rm, rv, dy, relu, bool_mask=False):
+    """The MLP's CPU path by ``owner``'s ops: x centred in place by the forward, dx written
+    over it, the masked gradient formed in dy (from y, or from the forward's bool mask)."""
     x, dy, rm, rv = x.copy(), dy.copy(), rm.copy(), rv.copy()
     mask = np.zeros(x.shape, bool) if (relu and bool_mask) else None
-    y, mean_c, invstd = be.batchnorm_forward_train(x, gamma, beta, rm, rv, 0.1, 1e-5,
-                                                   relu=relu, centre=x, relu_mask=mask)
+    y, mean_c, invstd = owner.batchnorm_forward_train_inplace(
+        be, x, gamma, beta, rm, rv, 0.1, 1e-5, relu=relu, relu_mask=mask)
     y = y.copy()
     if mask is not None:
         np.testing.assert_array_equal(mask, y > 0)
+    x64 = x.astype(np.float64)  # the centred batch: mean_c is its mean, to its spread's rounding
+    assert np.abs(x64.mean(0) - mean_c).max() <= 1e-6 * x64.std(0).max()
     dgamma, dbeta = np.zeros_like(gamma), np.zeros_like(gamma)
-    dx = be.batchnorm_backward(dy, x, gamma, mean_c, invstd, dgamma, dbeta,
-                               y=y if relu and mask is None else None, out=x, centred=True,
-                               overwrite_dy=True, relu_mask=mask)
+    dx = owner.batchnorm_backward_inplace(be, dy, x, gamma, mean_c, invstd, dgamma, dbeta,
+                                          y=y if relu and mask is None else None,
+                                          relu_mask=mask, overwrite_dy=True)
     assert dx is x
     return y, mean_c, invstd, rm, rv, dx.copy(), dgamma, dbeta
 
 
 @pytest.mark.parametrize("shape", BN_SHAPES)
 @pytest.mark.parametrize("relu,bool_mask", [(False, False), (True, False), (True, True)])
-def test_batchnorm_centred_in_place_matches_float64(nb, rng, shape, relu, bool_mask):
+def test_batchnorm_in_place_matches_reference_and_float64(nb, rng, shape, relu, bool_mask):
+    """``batchnorm_*_inplace``: the override and the reference against float64 and each
+    other (all but the returned mean, which is that of each one's own centred batch)."""
     args = _bn_inputs(rng, shape)
-    got = _run_in_place(nb, *args, relu, bool_mask)
-    ref = _ref64(*args, relu, y_got=got[0])
-    names = ["y", "mean", "invstd", "running_mean", "running_var", "dx", "dgamma", "dbeta"]
-    for name, f, r in zip(names, got, ref, strict=True):
+    fast = _run_in_place(nb, NumpyBackend, *args, relu, bool_mask)
+    ref = _run_in_place(nb, Backend, *args, relu, bool_mask)
+    ref_f, ref_r = (_ref64(*args, relu, y_got=got[0]) for got in (fast, ref))
+    for name, f, r, rf, rr in zip(BN_NAMES, fast, ref, ref_f, ref_r, strict=True):
         if name == "mean":
-            continue  # the mean of the centred data: checked through the running mean
-        scale = np.abs(r).max() if name != "dx" else (
-            np.abs(args[5]).max() * np.abs(args[1]).max() * ref[2].max())
-        assert np.abs(f - r).max() / max(scale, 1e-30) < 1e-5, name
+            continue  # checked in _run_in_place, and through the running mean
+        scale = _bn_scale(name, ref_f, args)
+        if not (relu and name in ("dx", "dgamma", "dbeta")):  # masks may differ near 0
+            assert np.abs(f - r).max() / scale < 2e-5, f"{name}: override vs reference"
+        assert np.abs(f - rf).max() / scale < 1e-5, f"{name}: override vs float64"
+        assert np.abs(r - rr).max() / scale < 1e-5, f"{name}: reference vs float64"
 
 
 def test_batchnorm_centred_in_place_hard_values(nb, rng):
     """Mean 1e4, std 1e-2: centring in place loses nothing against the out-of-place op."""
     x, gamma, beta, rm, rv, dy = _bn_inputs(rng, (512, 37), hard=True)
-    got = _run_in_place(nb, x, gamma, beta, rm, rv, dy, True, bool_mask=True)
+    got = _run_in_place(nb, NumpyBackend, x, gamma, beta, rm, rv, dy, True, bool_mask=True)
     base = _run(nb, Backend, x, gamma, beta, rm, rv, dy, True)
     # y is good to ~1e-3 here (test_backend's hard-values test): masks may differ that near 0
     ref_g, ref_b = (_ref64(x, gamma, beta, rm, rv, dy, True, y_got=r[0], tol=2e-3)
@@ -403,13 +405,25 @@ def test_batchnorm_centred_in_place_hard_values(nb, rng):
     assert rel(got[3], ref_g[3]) < 1e-6  # running mean: the true batch mean went in
 
 
-def test_batchnorm_in_place_argument_errors(nb, rng):
-    x, gamma, beta, rm, rv, dy = _bn_inputs(rng, (8, 3))
-    with pytest.raises(ValueError, match="centre"):
-        nb.batchnorm_forward_train(x, gamma, beta, rm, rv, 0.1, 1e-5, out=x, centre=x)
-    with pytest.raises(ValueError, match="centred"):
-        nb.batchnorm_backward(dy, x, gamma, np.zeros(3), np.ones(3, np.float32),
-                              np.zeros(3, np.float32), np.zeros(3, np.float32), out=x)
+@pytest.mark.parametrize("owner", [NumpyBackend, Backend])
+def test_batchnorm_in_place_out_must_not_be_x(nb, rng, owner):
+    x, gamma, beta, rm, rv, _ = _bn_inputs(rng, (8, 3))
+    with pytest.raises(ValueError, match="out"):
+        owner.batchnorm_forward_train_inplace(nb, x, gamma, beta, rm, rv, 0.1, 1e-5, out=x)
+
+
+def test_batchnorm_backward_out_may_be_x_as_in_the_reference(nb, rng):
+    """``out=x`` (dx over the saved batch) in the out-of-place backward: the override gives
+    the reference's result, as its signature promises."""
+    x, gamma, beta, rm, rv, dy = _bn_inputs(rng, (100, 37))
+    y, mean, invstd = Backend.batchnorm_forward_train(nb, x, gamma, beta, rm, rv, 0.1, 1e-5)
+    results = []
+    for owner in (NumpyBackend, Backend):
+        xc, dg, db = x.copy(), np.zeros_like(gamma), np.zeros_like(gamma)
+        assert owner.batchnorm_backward(nb, dy, xc, gamma, mean, invstd, dg, db, out=xc) is xc
+        results.append((xc, dg, db))
+    for f, r in zip(*results, strict=True):
+        assert rel(f, r) < 2e-5
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])

@@ -1,6 +1,7 @@
-"""Every kernels/*.cu compiles for sm_90 and an older target (DESIGN section 8, level 1), with
-nvcc when it is installed and with NVRTC (what CuPy uses at run time) when its library is
-found; plus the loader's pure-Python parts, which need no GPU."""
+"""Every kernels/*.cu compiles for sm_90 and an older target (docs/architecture.md, "CUDA
+kernels and their CPU emulation"), with nvcc when it is installed and with NVRTC (what CuPy
+uses at run time) when its library is found; plus the loader's pure-Python parts, which need
+no GPU."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Run kernels/*.cu on the CPU under the CUDA emulation in ``cuda_emu.h`` (DESIGN 8, level 2).
+"""Run kernels/*.cu on the CPU under the CUDA emulation in ``cuda_emu.h`` (docs/architecture.md,
+"CUDA kernels and their CPU emulation").
 
 ``build(file)`` compiles ``cuda_emu.h`` + ``kernels/<file>`` + generated launch wrappers (one
 ``emu_<kernel>(grid, block, args...)`` per ``extern "C" __global__`` kernel) into a shared
@@ -37,8 +38,6 @@ _KERNEL_RE = re.compile(
     r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?void\s+(\w+)\s*\(([^)]*)\)',
     re.S,
 )
-# the same for kernels declared through a macro (softmax_warp_##ITEMS)
-_MACRO_RE = re.compile(r"^(\w+)\((\d+)\)\s*$", re.M)
 
 
 def compiler() -> str | None:
@@ -74,25 +73,11 @@ def _parse_param(decl: str) -> Param:
 
 
 def parse_kernels(src: str) -> dict[str, list[Param]]:
-    """``{kernel name: params}`` of every ``extern "C" __global__`` kernel in ``src``,
-    including those stamped out by a ``#define NAME(X) extern "C" __global__ void f##X(...)``."""
+    """``{kernel name: params}`` of every ``extern "C" __global__`` kernel in ``src`` (each
+    written out under its own name: no kernel is declared through a macro)."""
     out: dict[str, list[Param]] = {}
     for m in _KERNEL_RE.finditer(src):
-        name, params = m.group(1), m.group(2)
-        if "##" in src[m.start():m.end()] or name.endswith("_"):
-            continue
-        out[name] = [_parse_param(p) for p in params.split(",") if p.strip()]
-    # macro-generated kernels: "#define MACRO(ARG) extern "C" __global__ void prefix_##ARG(...)"
-    for dm in re.finditer(r"#define\s+(\w+)\((\w+)\)((?:.*\\\n)+.*)", src):
-        macro, arg, body = dm.group(1), dm.group(2), dm.group(3).replace("\\\n", "\n")
-        km = re.search(r'extern\s+"C"\s+__global__\s+void\s+(\w+)##' + arg + r"\s*\(([^)]*)\)",
-                       body, re.S)
-        if not km:
-            continue
-        params = [_parse_param(p) for p in km.group(2).split(",") if p.strip()]
-        for inst in _MACRO_RE.finditer(src):
-            if inst.group(1) == macro:
-                out[km.group(1) + inst.group(2)] = params
+        out[m.group(1)] = [_parse_param(p) for p in m.group(2).split(",") if p.strip()]
     return out
 
 

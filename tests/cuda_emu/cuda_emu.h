@@ -1,5 +1,6 @@
-// A small emulation of the CUDA execution model on the CPU (DESIGN section 8, level 2), so
-// that kernels/*.cu compile unchanged with the host C++ compiler and run in the tests.
+// A small emulation of the CUDA execution model on the CPU (docs/architecture.md, "CUDA
+// kernels and their CPU emulation"), so that kernels/*.cu compile unchanged with the host C++
+// compiler and run in the tests.
 //
 // - A launch runs the blocks of the grid one after another.  The threads of a block are
 //   std::threads (created once per launch and reused for every block); __syncthreads is a

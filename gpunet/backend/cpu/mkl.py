@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 MKL_THREADING_SEQUENTIAL = 1

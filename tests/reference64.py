@@ -1,5 +1,10 @@
-"""float64 references of the fused ops (the formulas of gpunet/backend/base.py, evaluated in
-float64 from the same float32 inputs), and the error measure the kernel tests use."""
+"""The float64 references every backend test compares with: the textbook formulas of
+gpunet/backend/base.py (docs/architecture.md, "Conventions"), evaluated in float64 from the
+same float32 inputs, and the error measures the tests use.
+
+One module for all the tests (``test_backend``, ``test_numpy_fastpath``,
+``test_kernels_emulated``, ``test_cupy_backend``), written independently of gpunet's code.
+"""
 
 from __future__ import annotations
 
@@ -20,8 +25,9 @@ def relerr(got, want) -> float:
     return diff / scale if scale > 0 else diff
 
 
-def bn_train(x, gamma, beta, rm, rv, momentum, eps, relu):
-    """``(y, mean, invstd, new_running_mean, new_running_var)`` by a float64 two-pass."""
+def bn_train(x, gamma, beta, rm, rv, momentum, eps, relu=False):
+    """``(y, mean, invstd, new_running_mean, new_running_var)`` by a float64 two-pass (eps and
+    momentum rounded to float32 first, as the kernels receive them)."""
     x = np.asarray(x, np.float64)
     n = x.shape[0]
     mean = x.mean(axis=0)
@@ -44,7 +50,9 @@ def bn_infer(x, gamma, beta, rm, rv, eps, relu):
 
 
 def bn_backward(dy, x, gamma, mean, invstd, y=None):
-    """``(dx, dgamma, dbeta)`` given the saved float32 ``mean`` / ``invstd``."""
+    """``(dx, dgamma, dbeta)`` given the forward's ``mean`` / ``invstd`` (the exact float64
+    ones from ``bn_train``, or an implementation's saved ones), with the gradient masked by
+    ``y > 0`` when ``y`` (a fused-ReLU output) is given."""
     dy, x = np.asarray(dy, np.float64), np.asarray(x, np.float64)
     mean, invstd, gamma = (np.asarray(a, np.float64) for a in (mean, invstd, gamma))
     n = x.shape[0]
@@ -143,3 +151,48 @@ def scaled_err(got, want, scale) -> float:
     s = float(np.max(scale))
     d = float(np.max(np.abs(got - want)))
     return d / s if s > 0 else d
+
+
+def ulp_err(got, want, scale) -> float:
+    """max over elements of ``|got - want| / scale`` (``scale`` per element, e.g. the
+    magnitudes of ``optimizer_step``)."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float((np.abs(got - want) / np.maximum(scale, 1e-30)).max())
+
+
+# ------------------------------------------------------------------ optimizers, step by step
+#: the hyperparameters ``optimizer_step`` uses
+OPT_HYPER = {"momentum": {"beta": 0.9}, "rmsprop": {"beta2": 0.99, "eps": 1e-8},
+             "adam": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8}}
+
+
+def optimizer_step(opt, w, g, s1, s2, lr, step, decay, mask, scales=None):
+    """One step of ``opt`` (``OPT_HYPER``) on float64 ``(w, s1, s2)`` (the states an update
+    does not use pass through), and, per element, the magnitude each result is summed from:
+    the same formulas with every term made positive (``scales``: the previous step's, or None
+    on the first). A float32 result can't be closer to the truth than a few ulps of that
+    magnitude, whatever cancellation leaves of the result itself, so that is what errors are
+    measured against (``ulp_err``). Returns ``((w, s1, s2), (|w|, |s1|, |s2|))``."""
+    w, g, s1, s2 = (np.asarray(a, np.float64) for a in (w, g, s1, s2))
+    aw, as1, as2 = (np.abs(a) for a in (w, s1, s2)) if scales is None else scales
+    ag = _decayed(aw, np.abs(g), decay, mask)
+    if opt == "sgd":
+        w, aw = sgd(w, g, lr, decay, mask), aw + lr * ag
+    elif opt == "momentum":
+        beta = OPT_HYPER["momentum"]["beta"]
+        w, s1 = momentum(w, g, s1, lr, beta, decay, mask)
+        as1 = beta * as1 + (1 - beta) * ag
+        aw = aw + lr * as1
+    elif opt == "rmsprop":
+        beta2, eps = OPT_HYPER["rmsprop"]["beta2"], OPT_HYPER["rmsprop"]["eps"]
+        w, s1 = rmsprop(w, g, s1, lr, beta2, eps, decay, mask)
+        as1 = beta2 * as1 + (1 - beta2) * ag * ag
+        aw = aw + lr * ag / (np.sqrt(s1) + eps)
+    else:
+        h = OPT_HYPER["adam"]
+        b1, b2, eps = h["beta1"], h["beta2"], h["eps"]
+        w, s1, s2 = adam(w, g, s1, s2, lr, b1, b2, eps, step, decay, mask)
+        as1 = b1 * as1 + (1 - b1) * ag
+        as2 = b2 * as2 + (1 - b2) * ag * ag
+        aw = aw + lr * (as1 / (1 - b1**step)) / (np.sqrt(s2 / (1 - b2**step)) + eps)
+    return (w, s1, s2), (aw, as1, as2)
