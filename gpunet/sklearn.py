@@ -48,6 +48,10 @@ from .step import TrainStep
 SHUFFLE_STREAM = 2
 #: rows per forward pass in predict
 PREDICT_BATCH = 4096
+#: scikit-learn estimator checks this estimator is expected to fail, each with why; given to
+#: ``parametrize_with_checks`` / ``check_estimator`` as ``expected_failed_checks``. Empty:
+#: every check of scikit-learn's suite passes (on the CPU, where the tests run them).
+EXPECTED_FAILED_CHECKS: dict[str, str] = {}
 _FLOAT = (np.float64, np.float32)
 
 
@@ -457,7 +461,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             self.model_, self.optimizer_, self.standardizer_, config=self._config,
             classes=[str(c) for c in self.classes_], extra=extra,
             progress={"epoch": int(self.n_iter_), "batch": 0, "step": int(self.optimizer_.t),
-                      "status": "finished"})
+                      "status": "finished"},
+            rng={"shuffle_epoch_start": self._shuffle_rng.bit_generator.state,
+                 "dropout": self.model_.dropout_rng.bit_generator.state})
         return ckpt_mod.save(path, ck)
 
     @classmethod
@@ -489,9 +495,16 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         est._restore(ck.model, model.state_arrays(), mean, std, opt, ck.rng.get("dropout"))
         est._shuffle_rng = np.random.default_rng(
             np.random.SeedSequence(int(ck.config.get("seed", 0)), spawn_key=(SHUFFLE_STREAM,)))
+        if "shuffle_epoch_start" in ck.rng:  # where the next epoch's shuffle starts
+            ckpt_mod.set_rng_state(est._shuffle_rng, ck.rng["shuffle_epoch_start"])
         est.n_iter_ = int(sk.get("n_iter", ck.epoch))
         est.loss_curve_ = list(sk.get("loss_curve", []))
         return est
+
+
+def expected_failed_checks(estimator: Any) -> dict[str, str]:
+    """``{check name: reason}`` for scikit-learn's ``expected_failed_checks`` argument."""
+    return dict(EXPECTED_FAILED_CHECKS)
 
 
 def _json_params(params: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -524,4 +537,4 @@ def _params_from_config(config: dict[str, Any], model: dict[str, Any]) -> dict[s
     return out
 
 
-__all__ = ["MLPClassifier"]
+__all__ = ["EXPECTED_FAILED_CHECKS", "MLPClassifier", "expected_failed_checks"]
