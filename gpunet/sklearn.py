@@ -223,12 +223,17 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self.loss_curve_: list[float] = []
 
     def _train_step(self, cw: np.ndarray | None) -> TrainStep:
+        """The ``TrainStep`` (made once); new class weights are copied into its buffer, which
+        a CUDA graph recorded on the GPU keeps reading."""
         be = self.model_.backend
         step = self._step
-        if step is None or step.batch_size != int(self._config["batch_size"]):
-            step = self._step = TrainStep(self.model_, self.optimizer_,
-                                          int(self._config["batch_size"]))
-        step.class_weights = be.asarray(cw) if cw is not None else None
+        b = int(self._config["batch_size"])
+        if step is None or (step.class_weights is None) != (cw is None):
+            step = self._step = TrainStep(
+                self.model_, self.optimizer_, b,
+                class_weights=None if cw is None else be.asarray(np.array(cw, np.float32)))
+        elif cw is not None:
+            be.xp.copyto(step.class_weights, be.asarray(cw))
         return step
 
     def _epoch(self, Xs: np.ndarray, y: np.ndarray, cw: np.ndarray | None) -> float:

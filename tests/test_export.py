@@ -60,7 +60,9 @@ def inputs(tmp_path_factory, runs):
     distribution (``mean + std * N(0, 1)`` per feature), each also as an HDF5 file."""
     root = tmp_path_factory.mktemp("inputs")
     std = ckpt_mod.load(runs[IDS[0]]).standardizer
-    rng = np.random.default_rng(np.random.SeedSequence().entropy)
+    seed = np.random.SeedSequence().entropy
+    print(f"random inputs seed: {seed}")
+    rng = np.random.default_rng(seed)
     Xr = (std["mean"] + std["std"] * rng.standard_normal((1000, 64))).astype(np.float32)
     Xd = load_split("digits", "test").X
     files = {}

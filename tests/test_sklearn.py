@@ -204,6 +204,25 @@ def test_saved_estimator_is_a_gpunet_checkpoint(digits, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "p.npy"), clf.predict_proba(X), atol=1e-6)
 
 
+def test_export_a_fitted_estimator(digits, tmp_path):
+    import json
+
+    import onnxruntime as ort
+
+    from gpunet.export import to_onnx, to_safetensors
+
+    X, y = digits
+    labels = np.array(list("abcdefghij"))[y]
+    clf = MLPClassifier(**{**SMALL, "hidden": (16, 8)}).fit(X, labels)
+    model = to_onnx(clf)
+    assert json.loads({p.key: p.value for p in model.metadata_props}["classes"]) == \
+        list("abcdefghij")
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(["probabilities"], {"input": X.astype(np.float32)})[0]
+    assert np.abs(got - clf.predict_proba(X)).max() <= 1e-5
+    assert to_safetensors(clf, tmp_path / "m.safetensors").stat().st_size > 0
+
+
 def test_load_a_cli_checkpoint(tmp_path):
     from gpunet.data import load_split
     from gpunet.train import fit, load_for_inference, predict
