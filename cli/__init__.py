@@ -80,6 +80,7 @@ app = typer.Typer(
 
 def _register() -> None:
     from .eval import eval_command, predict_command
+    from .export import export_command
     from .info import info_command
     from .train import train_command
     from .tune import tune_command
@@ -89,6 +90,7 @@ def _register() -> None:
     app.command("eval")(eval_command)
     app.command("predict")(predict_command)
     app.command("info")(info_command)
+    app.command("export")(export_command)
     from .data import data_app
 
     app.add_typer(data_app, name="data", help="Make, import and inspect HDF5 datasets.")
