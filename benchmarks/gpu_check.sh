@@ -13,8 +13,8 @@
 #   pytest    checks that pytest imports (installs it from .whl/ if that folder exists)
 #   tests     pytest over GPU_TEST_FILES below: every test file with GPU cases (the `be`
 #             fixture's gpu case, tests taking `gpu_backend`, tests/test_cupy_backend.py; see
-#             tests/conftest.py), plus the CPU fast-path tests (more cores here); -rs lists
-#             each skip with its reason. GPUNET_TEST_SEED=N passes through (the seeds of
+#             tests/conftest.py), plus the optimizer and CPU fast-path tests (more cores
+#             here); -rs lists each skip with its reason. GPUNET_TEST_SEED=N passes through (the seeds of
 #             random inputs, printed with any failure)
 #   kernels   python3 benchmarks/kernels.py: each fused kernel's time against its target
 #   train     gpunet train digits on the GPU and on the CPU: the metrics side by side, which
@@ -28,7 +28,7 @@
 # $OUT/summary.txt.
 # Selecting steps: GPU_CHECK_STEPS="tests train" runs only the steps named (gpu, install and
 # pytest always run); GPU_CHECK_D=0 leaves the gpu_check.d scripts out of the extra step.
-# The step limits below add up to under 13 minutes; extra (up to 4) takes longest.
+# The step limits below add up to under 13 minutes; extra (up to 4 minutes) takes longest.
 
 set -u
 cd "$(dirname "$0")/.." || exit 2
@@ -218,7 +218,7 @@ if [ -f "$ENVFILE" ]; then
 fi
 step pytest 60 ensure_pytest
 # every test file with GPU cases (tests/test_gpu_check.py checks that none is missing), then
-# the CPU fast-path tests
+# the optimizer tests and the NumPy backend's threaded fast paths (more cores here)
 GPU_TEST_FILES=(
     tests/test_cupy_backend.py tests/test_backend.py tests/test_layers.py tests/test_model.py
     tests/test_torch_parity.py tests/test_step.py tests/test_checkpoint.py

@@ -137,7 +137,7 @@ class Optimizer:
     #: ``gpunet train``'s default for each hyperparameter this optimizer takes, by its
     #: ``TrainConfig`` key (``lr``, ``beta1``, ``beta2``, ``eps``); ``TrainConfig.resolve``
     #: fills unset options from here. (The keyword defaults of ``__init__`` are the library's
-    #: own and may differ: the command line's learning rates suit its default model.)
+    #: own; their ``lr`` differs from these.)
     train_defaults: ClassVar[dict[str, float]] = {"lr": 0.1}
     #: ``TrainConfig`` key -> keyword of ``__init__``, where the two names differ
     config_keywords: ClassVar[dict[str, str]] = {}
