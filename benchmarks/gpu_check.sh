@@ -1,22 +1,34 @@
 #!/usr/bin/env bash
-# The one GPU check (DESIGN section 8, level 3). Run from anywhere on a machine with a GPU
-# whose python3 already has cupy, numpy, h5py, typer (and probably torch); needs no internet:
+# The GPU check: the GPU test cases, the kernel benchmarks and a GPU-vs-CPU training run, on a
+# machine with a GPU whose python3 (or $PYTHON) already has cupy, numpy, h5py, typer, pytest
+# (and probably torch); needs no internet. Run from anywhere:
 #
 #     OUT=/some/dir bash benchmarks/gpu_check.sh
 #
-# Steps (each runs even when an earlier one failed; the exit code is non-zero if any failed):
-#   gpu       nvidia-smi's GPU name, driver, memory
-#   install   pip install --no-deps --no-build-isolation -e . (or a PYTHONPATH overlay that
-#             maps gpunet.kernels -> kernels/ and gpunet.cli -> cli/ when pip cannot)
-#   tests     python3 -m pytest tests/test_cupy_backend.py -q
-#   kernels   python3 benchmarks/kernels.py --json $OUT/kernels.json  (the table)
-#   train     gpunet train digits on the GPU and on the CPU, metrics side by side
+# Steps (each runs even when an earlier one failed, under its own time limit; the exit code is
+# non-zero if any failed):
+#   gpu       nvidia-smi: the GPU's name, driver and memory
+#   install   pip install --no-deps --no-build-isolation -e . (or, when pip cannot, a
+#             PYTHONPATH overlay that maps gpunet.kernels -> kernels/ and gpunet.cli -> cli/)
+#   pytest    checks that pytest imports (installs it from .whl/ if that folder exists)
+#   tests     pytest over GPU_TEST_FILES below: every test file with GPU cases (the `be`
+#             fixture's gpu case, tests taking `gpu_backend`, tests/test_cupy_backend.py; see
+#             tests/conftest.py), plus the optimizer and CPU fast-path tests (more cores
+#             here); -rs lists each skip with its reason. GPUNET_TEST_SEED=N passes through (the seeds of
+#             random inputs, printed with any failure)
+#   kernels   python3 benchmarks/kernels.py: each fused kernel's time against its target
+#   train     gpunet train digits on the GPU and on the CPU: the metrics side by side, which
+#             must agree within float tolerance
 #   extra     benchmarks/train_step.py when it exists, then every benchmarks/gpu_check.d/*.sh
+#             (a GPU checkpoint evaluated with no GPU visible; 1M-sample training times)
+# It prints each step's output between "=== <step> (limit Ns)" and "=== <step>: exit RC after
+# Ns" lines, then a summary (one line per step) and "all steps passed" or "FAILED: <steps>".
 # With $OUT set, each step's log is also written to $OUT/<step>.log, the kernel results to
-# $OUT/kernels.json and a summary to $OUT/summary.txt. GPU_CHECK_STEPS="tests train ..." runs
-# only the steps named (gpu, install and pytest always run); GPU_CHECK_D=0 leaves out the
-# gpu_check.d scripts from the extra step.
-# Time limits per step keep the whole run well under five minutes.
+# $OUT/kernels.json, the train_step results to $OUT/train_step.json and the summary to
+# $OUT/summary.txt.
+# Selecting steps: GPU_CHECK_STEPS="tests train" runs only the steps named (gpu, install and
+# pytest always run); GPU_CHECK_D=0 leaves the gpu_check.d scripts out of the extra step.
+# The step limits below add up to under 13 minutes; extra (up to 4 minutes) takes longest.
 
 set -u
 cd "$(dirname "$0")/.." || exit 2
@@ -205,9 +217,14 @@ if [ -f "$ENVFILE" ]; then
     echo "using the PYTHONPATH overlay: $PYTHONPATH"
 fi
 step pytest 60 ensure_pytest
-step tests 150 pytest_run tests/test_cupy_backend.py tests/test_backend.py tests/test_layers.py \
-    tests/test_model.py tests/test_torch_parity.py tests/test_optim.py tests/test_step.py \
-    tests/test_numpy_fastpath.py -q -rs -p no:cacheprovider --maxfail=10
+# every test file with GPU cases (tests/test_gpu_check.py checks that none is missing), then
+# the optimizer tests and the NumPy backend's threaded fast paths (more cores here)
+GPU_TEST_FILES=(
+    tests/test_cupy_backend.py tests/test_backend.py tests/test_layers.py tests/test_model.py
+    tests/test_torch_parity.py tests/test_step.py tests/test_checkpoint.py
+    tests/test_optim.py tests/test_numpy_fastpath.py
+)
+step tests 180 pytest_run "${GPU_TEST_FILES[@]}" -q -rs -p no:cacheprovider --maxfail=10
 KJSON=()
 if [ -n "$OUTDIR" ]; then KJSON=(--json "$OUTDIR/kernels.json"); fi
 step kernels 110 "$PY" benchmarks/kernels.py "${KJSON[@]}"

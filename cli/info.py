@@ -76,7 +76,8 @@ def _cpu_blas() -> str:
 
 
 def _device_name(be: Any) -> str:
-    if be.name == "cpu":
+    """The host CPU for a backend whose arrays live in host memory, else its GPU."""
+    if not be.device_memory:
         return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
     try:
         import cupy

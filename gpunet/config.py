@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from . import layers, optim
 from .errors import ConfigError
 
 try:  # Python >= 3.11
@@ -24,20 +25,20 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-#: default memory budget for reading a dataset into memory (bytes); the data layer's own
-#: default wins when it is importable, this is the fallback
-FALLBACK_MEMORY_BUDGET = 1 << 30
+#: the hyperparameters an optimizer may take from the configuration
+OPTIMIZER_KEYS = ("lr", "beta1", "beta2", "eps")
 
+# The option lists come from the registries that implement them (an entry added there is
+# accepted here): optimizers from ``optim.OPTIMIZERS``, schedules from ``optim.SCHEDULES``,
+# activations from ``layers.ACTIVATIONS``.
 #: per-optimizer defaults for ``lr``, ``beta1``, ``beta2``, ``eps`` (None: not used)
 OPTIMIZER_DEFAULTS: dict[str, dict[str, float | None]] = {
-    "adam": {"lr": 2e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
-    "sgd": {"lr": 0.1, "beta1": None, "beta2": None, "eps": None},
-    "momentum": {"lr": 0.1, "beta1": 0.9, "beta2": None, "eps": None},
-    "rmsprop": {"lr": 1e-3, "beta1": None, "beta2": 0.99, "eps": 1e-8},
+    name: {k: cls.train_defaults.get(k) for k in OPTIMIZER_KEYS}
+    for name, cls in optim.OPTIMIZERS.items()
 }
-SCHEDULES = ("none", "step", "exp", "cosine", "inverse")
+SCHEDULES: tuple[str, ...] = tuple(optim.SCHEDULES)
+ACTIVATIONS: tuple[str, ...] = tuple(layers.ACTIVATIONS)
 DEVICES = ("auto", "cpu", "gpu")
-ACTIVATIONS = ("relu", "tanh", "sigmoid")
 CLASS_WEIGHTS = ("none", "balanced")
 
 #: keys that fix the model or the data stream; they cannot change when resuming
@@ -56,7 +57,7 @@ class TrainConfig:
     val_split: float = 0.1
     x_key: str | None = None
     y_key: str | None = None
-    memory_budget: int | None = None
+    memory_budget: int | None = None  # None: gpunet.data.DEFAULT_MEMORY_BUDGET
     hidden: list[int] = field(default_factory=lambda: [256, 128])
     batchnorm: bool = True
     dropout: float = 0.0
@@ -177,14 +178,14 @@ class TrainConfig:
             bad(f"--memory-budget must be positive, got {self.memory_budget}")
 
     def optimizer_kwargs(self) -> dict[str, float]:
-        """Keyword arguments for ``optim.make_optimizer`` (call on a resolved config)."""
+        """Keyword arguments for ``optim.make_optimizer`` (call on a resolved config): ``lr``,
+        ``weight_decay`` and the optimizer's other ``train_defaults`` keys, under the names
+        its ``__init__`` takes (``config_keywords``)."""
+        cls = optim.OPTIMIZERS[self.optimizer]
         kw: dict[str, float] = {"lr": float(self.lr or 0), "weight_decay": self.weight_decay}
-        if self.optimizer == "adam":
-            kw.update(beta1=self.beta1, beta2=self.beta2, eps=self.eps)  # type: ignore[arg-type]
-        elif self.optimizer == "momentum":
-            kw.update(beta=self.beta1)  # type: ignore[arg-type]
-        elif self.optimizer == "rmsprop":
-            kw.update(beta2=self.beta2, eps=self.eps)  # type: ignore[arg-type]
+        for key in cls.train_defaults:
+            if key != "lr":
+                kw[cls.config_keywords.get(key, key)] = getattr(self, key)
         return kw
 
     def schedule_kwargs(self) -> dict[str, float]:

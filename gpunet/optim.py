@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -87,18 +87,24 @@ class InverseTimeDecay(Schedule):
         return lr0 / (1 + self.decay_rate * epoch)
 
 
+#: every learning-rate schedule by its ``--lr-schedule`` name (``none``: a constant ``lr0``);
+#: ``make_schedule`` and the configuration's list of schedules both read this table
+SCHEDULES: dict[str, type[Schedule]] = {
+    "none": Schedule, "step": StepDecay, "exp": ExponentialDecay,
+    "cosine": CosineDecay, "inverse": InverseTimeDecay,
+}
+
+
 def make_schedule(name: str | None, epochs: int = 100, **kw: Any) -> Schedule:
-    """``none``, ``step``, ``exp``, ``cosine`` or ``inverse`` with their keyword arguments."""
+    """A schedule by its name in ``SCHEDULES`` (``none``, ``step``, ``exp``, ``cosine``,
+    ``inverse``) with its keyword arguments; ``cosine`` spans ``epochs`` unless
+    ``total_epochs`` is given."""
     name = (name or "none").lower()
-    table: dict[str, type[Schedule]] = {
-        "none": Schedule, "step": StepDecay, "exp": ExponentialDecay,
-        "cosine": CosineDecay, "inverse": InverseTimeDecay,
-    }
-    if name not in table:
-        raise ValueError(f"unknown lr schedule {name!r}: use {', '.join(table)}")
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown lr schedule {name!r}: use {', '.join(SCHEDULES)}")
     if name == "cosine":
         kw.setdefault("total_epochs", epochs)
-    return table[name](**kw)
+    return SCHEDULES[name](**kw)
 
 
 # ---------------------------------------------------------------------- device scalars
@@ -128,6 +134,13 @@ class Optimizer:
 
     #: names of the state arrays, each shaped like the flat parameters
     state_names: tuple[str, ...] = ()
+    #: ``gpunet train``'s default for each hyperparameter this optimizer takes, by its
+    #: ``TrainConfig`` key (``lr``, ``beta1``, ``beta2``, ``eps``); ``TrainConfig.resolve``
+    #: fills unset options from here. (The keyword defaults of ``__init__`` are the library's
+    #: own; their ``lr`` differs from these.)
+    train_defaults: ClassVar[dict[str, float]] = {"lr": 0.1}
+    #: ``TrainConfig`` key -> keyword of ``__init__``, where the two names differ
+    config_keywords: ClassVar[dict[str, str]] = {}
 
     def __init__(
         self,
@@ -212,6 +225,8 @@ class Optimizer:
 class SGD(Optimizer):
     """``w -= lr * g``."""
 
+    train_defaults = {"lr": 0.1}
+
     def _update(self) -> None:
         m = self.model
         self.backend.sgd_update(m.params, m.grads, self.lr, *self._decay())
@@ -225,6 +240,8 @@ class Momentum(Optimizer):
     """``v = beta v + (1 - beta) g``; ``w -= lr v`` (default beta 0.9)."""
 
     state_names = ("v",)
+    train_defaults = {"lr": 0.1, "beta1": 0.9}
+    config_keywords = {"beta1": "beta"}
 
     def __init__(self, model: HasFlatParams, lr: float = 0.01, beta: float = 0.9,
                  **kw: Any) -> None:
@@ -252,6 +269,7 @@ class RMSprop(Optimizer):
     Defaults beta2 0.99 and eps 1e-8 (PyTorch's ``alpha`` and ``eps``)."""
 
     state_names = ("s",)
+    train_defaults = {"lr": 1e-3, "beta2": 0.99, "eps": 1e-8}
 
     def __init__(self, model: HasFlatParams, lr: float = 0.001, beta2: float = 0.99,
                  eps: float = 1e-8, **kw: Any) -> None:
@@ -277,6 +295,7 @@ class Adam(Optimizer):
     """Adam with bias correction; defaults beta1 0.9, beta2 0.999, eps 1e-8."""
 
     state_names = ("m", "v")
+    train_defaults = {"lr": 2e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
 
     def __init__(self, model: HasFlatParams, lr: float = 0.001, beta1: float = 0.9,
                  beta2: float = 0.999, eps: float = 1e-8, **kw: Any) -> None:
@@ -308,13 +327,16 @@ def _check_beta(name: str, beta: float) -> None:
         raise ValueError(f"{name} must be in [0, 1), got {beta}")
 
 
+#: every optimizer by its ``--optimizer`` name, the default (``adam``) first; the
+#: configuration's option list and per-optimizer defaults are read from this table
 OPTIMIZERS: dict[str, type[Optimizer]] = {
-    "sgd": SGD, "momentum": Momentum, "rmsprop": RMSprop, "adam": Adam,
+    "adam": Adam, "sgd": SGD, "momentum": Momentum, "rmsprop": RMSprop,
 }
 
 
 def make_optimizer(name: str, model: HasFlatParams, **kw: Any) -> Optimizer:
-    """An optimizer by name (``sgd``, ``momentum``, ``rmsprop``, ``adam``)."""
+    """An optimizer by its name in ``OPTIMIZERS`` (``adam``, ``sgd``, ``momentum``,
+    ``rmsprop``)."""
     name = name.lower()
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}: use {', '.join(OPTIMIZERS)}")

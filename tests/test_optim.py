@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -23,11 +25,10 @@ def _model():
     return gn.MLP(4, hidden=[6], classes=3, backend="cpu", seed=0)
 
 
-def test_momentum_is_the_course_formula_over_steps():
+def test_momentum_is_the_course_formula_over_steps(rng):
     m = _model()
     opt = gn.optim.Momentum(m, lr=0.1, beta=0.9)
     w, v = m.params.astype(np.float64).copy(), np.zeros(m.num_params)
-    rng = np.random.default_rng(0)
     for _ in range(4):
         g = rng.standard_normal(m.num_params).astype(np.float32)
         m.grads[...] = g
@@ -39,7 +40,7 @@ def test_momentum_is_the_course_formula_over_steps():
     assert opt.t == 4
 
 
-@pytest.mark.parametrize("name", ["sgd", "momentum", "rmsprop", "adam"])
+@pytest.mark.parametrize("name", list(gn.optim.OPTIMIZERS))
 def test_weight_decay_never_touches_batchnorm_or_biases(name):
     m = _model()
     opt = make_optimizer(name, m, lr=0.1, weight_decay=0.5)
@@ -67,9 +68,8 @@ def _slice(m, i, name):
     raise KeyError(name)
 
 
-@pytest.mark.parametrize("name", ["sgd", "momentum", "rmsprop", "adam"])
-def test_state_dict_round_trip_continues_identically(name):
-    rng = np.random.default_rng(1)
+@pytest.mark.parametrize("name", list(gn.optim.OPTIMIZERS))
+def test_state_dict_round_trip_continues_identically(name, rng):
     grads = [rng.standard_normal(_model().num_params).astype(np.float32) for _ in range(6)]
     a = _model()
     oa = make_optimizer(name, a, lr=0.01)
@@ -120,3 +120,41 @@ def test_schedules():
 def test_repr():
     text = repr(gn.optim.Adam(_model(), lr=0.001))
     assert text.startswith("Adam(lr=0.001") and "beta2=0.999" in text and "t=0" in text
+
+
+def test_make_schedule_reads_the_schedule_table(monkeypatch):
+    """``make_schedule`` builds whatever ``SCHEDULES`` holds, and names its entries when a name
+    is unknown: the table is the one list of schedules."""
+    assert set(gn.optim.SCHEDULES) == {"none", "step", "exp", "cosine", "inverse"}
+    for name, cls in gn.optim.SCHEDULES.items():
+        assert type(make_schedule(name, epochs=7)) is cls, name
+
+    @dataclass(frozen=True)
+    class Halving(gn.optim.Schedule):
+        def __call__(self, lr0: float, epoch: int) -> float:
+            return lr0 / 2**epoch
+
+    monkeypatch.setitem(gn.optim.SCHEDULES, "halving", Halving)
+    assert make_schedule("halving")(1.0, 3) == 0.125
+    with pytest.raises(ValueError, match="use none, step, exp, cosine, inverse, halving$"):
+        make_schedule("warmup")
+
+
+def test_make_optimizer_reads_the_optimizer_table(monkeypatch):
+    """``make_optimizer`` builds whatever ``OPTIMIZERS`` holds; each class says which
+    configuration keys it takes (``train_defaults``) and under which keyword."""
+    for name, cls in gn.optim.OPTIMIZERS.items():
+        assert type(make_optimizer(name, _model())) is cls
+        assert "lr" in cls.train_defaults and set(cls.train_defaults) <= {
+            "lr", "beta1", "beta2", "eps"}
+        init = inspect.signature(cls.__init__).parameters
+        for key in cls.train_defaults:
+            assert cls.config_keywords.get(key, key) in init, (name, key)
+
+    class Nesterov(gn.optim.Momentum):
+        pass
+
+    monkeypatch.setitem(gn.optim.OPTIMIZERS, "nesterov", Nesterov)
+    assert type(make_optimizer("nesterov", _model(), beta=0.5)) is Nesterov
+    with pytest.raises(ValueError, match="use adam, sgd, momentum, rmsprop, nesterov$"):
+        make_optimizer("lion", _model())

@@ -12,6 +12,7 @@ import time
 
 import h5py
 import numpy as np
+import pytest
 
 from gpunet import checkpoint as ck
 
@@ -45,6 +46,7 @@ def _epoch_lines(out):
             for r in recs if "event" not in r]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_auto_is_bit_exact(tmp_path):
     data = tmp_path / "d.h5"
     _write_data(data)

@@ -1,20 +1,20 @@
 """TrainStep: the fixed training step; on the GPU, replayed as a CUDA graph.
 
 On the CPU the step runs eagerly: these tests check it equals a hand-written loop, reuses its
-buffers, and keeps its sums. The GPU tests (skipped without one) check that graph replay gives
-the eager step's bits, through schedule changes and partial batches, and allocates nothing.
+buffers, and keeps its sums (exactly: the same float32 losses added in the same order in
+float64). The GPU-only tests (``gpu_backend``: skipped without a GPU) check that graph replay
+gives the eager step's bits, through schedule changes and partial batches, and allocates
+nothing.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import GPU_SKIP_REASON, host
+from conftest import host
 
 import gpunet as gn
 from gpunet.step import TrainStep
-
-needs_gpu = pytest.mark.skipif(GPU_SKIP_REASON is not None, reason=str(GPU_SKIP_REASON))
 
 
 def _data(rng, n=96, d=12, c=5):
@@ -42,7 +42,7 @@ def test_cpu_step_equals_a_hand_written_loop(rng):
     np.testing.assert_array_equal(a.params, b.params)
     assert oa.t == ob.t == 3
     loss_sum, _ = step.sums()
-    assert loss_sum == pytest.approx(32 * sum(losses), rel=1e-6)
+    assert loss_sum == _float64_sum(0.0, [(loss, 32) for loss in losses])
 
 
 def test_step_reuses_its_buffers_and_counts_correct_predictions(rng):
@@ -67,18 +67,42 @@ def test_step_reuses_its_buffers_and_counts_correct_predictions(rng):
     assert correct == int((logits.argmax(1) == y[:48]).sum())
 
 
+def _float64_sum(start, terms):
+    """``start + loss_1 * n_1 + loss_2 * n_2 + ...`` in float64, term by term in order: the
+    step's own accumulation of float32 batch losses, so the result must equal it exactly."""
+    total = np.float64(start)
+    for loss, n in terms:
+        total = total + np.float64(np.float32(loss)) * np.float64(n)
+    return float(total)
+
+
 def test_partial_batch_runs_eagerly_and_sums_continue(rng):
+    """A partial batch after a full one (from sums started at 1.5 and 7, as on a resume): the
+    sums are exactly the starting values plus what a hand-written loop on a twin model
+    computes, batch by batch (the float32 losses times the batch sizes, added in float64)."""
     X, y = _data(rng, n=80)
-    model = _model("cpu")
+    model, twin = _model("cpu"), _model("cpu")
     step = TrainStep(model, gn.optim.Adam(model), batch_size=32)
+    twin_opt = gn.optim.Adam(twin)
+    terms, correct_ref = [], 7
+    for s, e in ((0, 32), (64, 80)):  # a full batch, then a partial one of 16
+        logits = twin.forward(X[s:e], training=True)
+        correct_ref += int((logits.argmax(1) == y[s:e]).sum())
+        loss, d = gn.losses.softmax_cross_entropy(logits, y[s:e])
+        terms.append((float(loss), e - s))
+        twin.backward(d)
+        twin_opt.step()
     step.reset_sums(1.5, 7)
     step.run(X[:32], y[:32])
     loss = step.run_eager(X[64:], y[64:])  # 16 samples
-    assert step.steps == 2 and np.isfinite(float(loss))
+    assert step.steps == 2 and float(loss) == terms[-1][0]
     loss_sum, correct = step.sums()
-    assert loss_sum > 1.5 and correct >= 7
+    assert correct == correct_ref
+    assert loss_sum == _float64_sum(1.5, terms)
+    np.testing.assert_array_equal(model.params, twin.params)
     step.run(X[32:64], y[32:64])  # back to full batches after a partial one
     assert step.steps == 3
+    assert step.sums()[0] > loss_sum
 
 
 def test_set_lr_reaches_the_optimizer():
@@ -107,11 +131,9 @@ def _train(be, X, y, graph, opt_name="adam", steps_per_epoch=3, epochs=2, partia
     return step, host(be, model.params), sums, opt.t
 
 
-@needs_gpu
-@pytest.mark.parametrize("opt_name", ["adam", "sgd", "momentum", "rmsprop"])
-def test_graph_replay_equals_the_eager_step_bit_for_bit(be, rng, opt_name):
-    if be.name != "gpu":
-        pytest.skip("the CPU has no CUDA graphs (the eager step is tested above)")
+@pytest.mark.parametrize("opt_name", list(gn.optim.OPTIMIZERS))
+def test_graph_replay_equals_the_eager_step_bit_for_bit(gpu_backend, rng, opt_name):
+    be = gpu_backend
     X, y = _data(rng, n=110)
     eager = _train(be, X, y, graph=False, opt_name=opt_name)
     graph = _train(be, X, y, graph=True, opt_name=opt_name)
@@ -121,10 +143,8 @@ def test_graph_replay_equals_the_eager_step_bit_for_bit(be, rng, opt_name):
     assert graph[2] == eager[2] and graph[3] == eager[3] == 8
 
 
-@needs_gpu
-def test_graph_replay_allocates_nothing_and_matches_the_cpu(be, rng):
-    if be.name != "gpu":
-        pytest.skip("GPU only")
+def test_graph_replay_allocates_nothing_and_matches_the_cpu(gpu_backend, rng):
+    be = gpu_backend
     X, y = _data(rng, n=110)
     step, params, _, _ = _train(be, X, y, graph=True)
     pool = be.xp.get_default_memory_pool()
@@ -142,10 +162,8 @@ def test_graph_replay_allocates_nothing_and_matches_the_cpu(be, rng):
     np.testing.assert_allclose(params, cpu[1], rtol=1e-3, atol=1e-4)
 
 
-@needs_gpu
-def test_own_gemm_matches_cupy_matmul_for_every_layout(be, rng):
-    if be.name != "gpu":
-        pytest.skip("GPU only")
+def test_own_gemm_matches_cupy_matmul_for_every_layout(gpu_backend, rng):
+    be = gpu_backend
     cp = be.xp
     assert be.use_own_gemm()
     for m, k, n in [(1, 1, 1), (3, 5, 7), (64, 33, 17), (512, 784, 1024)]:
@@ -160,7 +178,7 @@ def test_own_gemm_matches_cupy_matmul_for_every_layout(be, rng):
             np.testing.assert_allclose(out.get(), ref, rtol=1e-4, atol=1e-4 * np.sqrt(k))
 
 
-def test_device_feed_gives_the_host_feeds_batches(rng, tmp_path):
+def test_device_feed_gives_the_host_feeds_batches(rng, seed, tmp_path):
     """The device-resident feed draws the same permutation from the same generator as the
     data layer, so GPU training sees the CPU path's batches (checked here on NumPy)."""
     import h5py
@@ -181,7 +199,7 @@ def test_device_feed_gives_the_host_feeds_batches(rng, tmp_path):
     for drop_last in (False, True):
         got = []
         for feed in feeds:
-            r = np.random.default_rng(11)
+            r = np.random.default_rng(seed)  # the same draws for both feeds
             got.append([(np.array(xb), np.array(yb)) for xb, yb in feed.epoch(r, drop_last)])
         assert len(got[0]) == len(got[1]) == (3 if drop_last else 4)
         for (xa, ya), (xb, yb) in zip(*got, strict=True):

@@ -462,6 +462,7 @@ def test_two_workers_share_one_study(tmp_path, slow_data, fixed_space):
     assert len({t.number for t in study.get_trials()}) == 10
 
 
+@pytest.mark.slow
 def test_a_killed_worker_leaves_the_study_usable(tmp_path, slow_data, fixed_space):
     out = tmp_path / "o"
     a = _worker(slow_data, out, 4, 40, fixed_space)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A checkpoint written on the GPU loads and evaluates with no GPU visible (issue 3), and the
+# A checkpoint written on the GPU loads and evaluates with no GPU visible, and the
 # inference-mode results agree with the GPU's evaluation of the same file.
 set -eu
 PY=${PY:-python3}

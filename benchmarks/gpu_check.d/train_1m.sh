@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Wall time of `gpunet train` for one epoch over 1M samples (issue 5): device-resident data
+# Wall time of `gpunet train` for one epoch over 1M samples: device-resident data
 # with the CUDA-graph step, the same without the graph, and data streamed through pinned
 # buffers (memory budget below the data's size).
 set -u
