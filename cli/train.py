@@ -9,13 +9,24 @@ from typing import Any
 
 import typer
 
-from gpunet.config import TrainConfig, load_toml
+from gpunet.config import ACTIVATIONS, OPTIMIZER_DEFAULTS, SCHEDULES, TrainConfig, load_toml
 from gpunet.errors import ConfigError
 
 #: command-line parameters that are configuration keys (the rest: config, resume, json, quiet);
 #: every ``TrainConfig`` key but ``data``, which is the DATA argument
 CONFIG_PARAMS = tuple(k for k in TrainConfig.keys() if k != "data")
 _D = TrainConfig()
+
+
+def _one_of(names: tuple[str, ...] | list[str]) -> str:
+    """'a, b or c.' from a registry's names (the help text follows the registry)."""
+    names = list(names)
+    return (", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]) + "."
+
+
+def _lr_defaults() -> str:
+    """Each optimizer's default learning rate, from the optimizer classes."""
+    return ", ".join(f"{name} {d['lr']:g}" for name, d in OPTIMIZER_DEFAULTS.items())
 
 # ---------------------------------------------------------------------- the option list
 # Declarative: one Typer parameter per configuration key, then the command's own options.
@@ -32,11 +43,10 @@ _HIDDEN = typer.Option(",".join(map(str, _D.hidden)), "--hidden", metavar="W1,W2
 _BATCHNORM = typer.Option(_D.batchnorm, "--batchnorm/--no-batchnorm",
                           help="Batch norm after each hidden Dense layer.")
 _DROPOUT = typer.Option(_D.dropout, "--dropout", metavar="P")
-_ACTIVATION = typer.Option(_D.activation, "--activation", help="relu, tanh or sigmoid.")
-_OPTIMIZER = typer.Option(_D.optimizer, "--optimizer", help="adam, sgd, momentum or rmsprop.")
-_LR = typer.Option(
-    None, "--lr", metavar="A",
-    help="Learning rate (default: adam 2e-3, rmsprop 1e-3, sgd / momentum 0.1).")
+_ACTIVATION = typer.Option(_D.activation, "--activation", help=_one_of(ACTIVATIONS))
+_OPTIMIZER = typer.Option(_D.optimizer, "--optimizer", help=_one_of(list(OPTIMIZER_DEFAULTS)))
+_LR = typer.Option(None, "--lr", metavar="A",
+                   help=f"Learning rate (default: {_lr_defaults()}).")
 _BETA1 = typer.Option(None, "--beta1", metavar="B",
                       help="Adam beta1 / Momentum beta (default 0.9).")
 _BETA2 = typer.Option(None, "--beta2", metavar="B",
@@ -44,8 +54,7 @@ _BETA2 = typer.Option(None, "--beta2", metavar="B",
 _EPS = typer.Option(None, "--eps", metavar="E", help="Adam / RMSprop epsilon (default 1e-8).")
 _WEIGHT_DECAY = typer.Option(_D.weight_decay, "--weight-decay", metavar="L",
                              help="L2 on Dense weights (never on BN gamma/beta).")
-_LR_SCHEDULE = typer.Option(_D.lr_schedule, "--lr-schedule",
-                            help="none, step, exp, cosine or inverse.")
+_LR_SCHEDULE = typer.Option(_D.lr_schedule, "--lr-schedule", help=_one_of(SCHEDULES))
 _LR_STEP_SIZE = typer.Option(_D.lr_step_size, "--lr-step-size", metavar="N",
                              help="step schedule: epochs per decay.")
 _LR_GAMMA = typer.Option(None, "--lr-gamma", metavar="G",

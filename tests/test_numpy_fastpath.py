@@ -36,13 +36,6 @@ def nb(request):
     return NumpyBackend(threads=request.param)
 
 
-@pytest.fixture
-def rng():
-    seed = np.random.SeedSequence().entropy
-    print(f"rng seed: {seed}")
-    return np.random.default_rng(seed)
-
-
 OVERRIDES = ["matmul", "matmuls", "batchnorm_forward_train", "batchnorm_forward_infer",
              "batchnorm_backward", "batchnorm_forward_train_inplace",
              "batchnorm_backward_inplace", "sgd_update", "momentum_update", "rmsprop_update",

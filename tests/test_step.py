@@ -184,7 +184,7 @@ def test_device_feed_gives_the_host_feeds_batches(rng, seed, tmp_path):
     import h5py
 
     from gpunet import data as data_mod
-    from gpunet.train import _DeviceFeed, _HostFeed
+    from gpunet.train import DeviceFeed, HostFeed
 
     X, y = _data(rng, n=100)
     path = tmp_path / "d.h5"
@@ -195,7 +195,7 @@ def test_device_feed_gives_the_host_feeds_batches(rng, seed, tmp_path):
     be = gn.get_backend("cpu")
     model = _model(be)
     step = TrainStep(model, gn.optim.SGD(model), batch_size=32)
-    feeds = [_HostFeed(be, ds.train, std, 32), _DeviceFeed(be, ds.train, std, 32, step)]
+    feeds = [HostFeed(be, ds.train, std, 32), DeviceFeed(be, ds.train, std, 32, step)]
     for drop_last in (False, True):
         got = []
         for feed in feeds:

@@ -43,10 +43,6 @@ from .runfolder import (
 )
 from .state import SHUFFLE_STREAM, TrainState, batches_per_epoch, drops_last
 
-# the names tests/test_step.py imports
-_HostFeed = HostFeed
-_DeviceFeed = DeviceFeed
-
 __all__ = [
     "EVAL_BATCH_SIZE", "SHUFFLE_STREAM", "Callback", "DeviceFeed", "FitResult", "HostFeed",
     "LoopOptions", "MetricsLog", "PinnedFeed", "RunFolder", "TrainState", "batches_per_epoch",
