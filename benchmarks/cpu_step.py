@@ -13,7 +13,10 @@ taken in one machine state: the most robust figure on a noisy machine); ``--json
 every round.
 
     python benchmarks/cpu_step.py [--steps 10] [--repeats 25] [--threads N] [--same-process]
-                                   [--baseline auto|torch|numpy] [--json out.json]
+                                   [--baseline auto|torch|numpy] [--against DIR] [--json out.json]
+
+``--against DIR`` makes the baseline gpunet itself as checked out in DIR (another commit's
+working tree, imported through PYTHONPATH): a before / after comparison of a change in one run.
 """
 
 from __future__ import annotations
@@ -148,7 +151,7 @@ def measure(step, steps: int) -> float:
 
 
 def make_step(name: str, batch: int):
-    if name == "gpunet":
+    if name in ("gpunet", "before"):
         return gpunet_step_fn(batch)
     if name == "torch":
         return torch_step_fn(batch)
@@ -188,8 +191,11 @@ def worker(name: str, batch: int, threads: int) -> None:
 class Worker:
     """One side of the comparison in its own process, idle (blocked on stdin) between runs."""
 
-    def __init__(self, name: str, batch: int, threads: int) -> None:
+    def __init__(self, name: str, batch: int, threads: int, pythonpath: str | None = None) -> None:
         env = dict(os.environ, GPUNET_THREADS=str(threads))
+        if pythonpath:  # this side imports gpunet from another checkout
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath,
+                                                              env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--worker", name, "--batch", str(batch),
              "--threads", str(threads)],
@@ -222,6 +228,8 @@ def main() -> None:
     ap.add_argument("--baseline", choices=["auto", "torch", "numpy"], default="auto")
     ap.add_argument("--same-process", action="store_true",
                     help="run both sides in this process (default: one process each)")
+    ap.add_argument("--against", default=None, metavar="DIR",
+                    help="baseline: gpunet as checked out in DIR (before / after a change)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -230,7 +238,11 @@ def main() -> None:
         return
 
     baseline = args.baseline
-    if baseline == "auto":
+    if args.against:
+        baseline = "before"
+        if args.same_process:
+            ap.error("--against needs one process per side")
+    elif baseline == "auto":
         baseline = "torch" if importlib.util.find_spec("torch") else "numpy"
     names = ["gpunet", baseline]
     times: dict[str, list[float]] = {k: [] for k in names}
@@ -241,7 +253,8 @@ def main() -> None:
         run = {k: (lambda k=k: measure(steps[k], args.steps)) for k in names}
         close = []
     else:
-        workers = {k: Worker(k, args.batch, args.threads) for k in names}
+        paths = {"before": os.path.abspath(args.against) if args.against else None}
+        workers = {k: Worker(k, args.batch, args.threads, paths.get(k)) for k in names}
         run = {k: (lambda k=k: workers[k].run(args.steps)) for k in names}
         close = list(workers.values())
     try:
