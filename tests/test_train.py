@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 
 import h5py
@@ -69,8 +70,10 @@ def run(blobs, tmp_path_factory):
 
 def test_fit_writes_the_run_folder(run):
     out = run.out_dir
-    assert sorted(p.name for p in out.iterdir()) == ["best.h5", "config.toml", "last.h5",
-                                                     "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [".gpunet-run", "best.h5", "config.toml",
+                                                     "last.h5", "metrics.jsonl"]
+    holder = json.loads((out / ".gpunet-run").read_text())  # the marker names the last holder
+    assert holder["pid"] == os.getpid() and holder["host"]
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2, 3, 4]
     keys = {"epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
@@ -454,5 +457,5 @@ def test_resume_clears_the_temp_files_of_an_interrupted_save(blobs, tmp_path):
     stale.write_bytes(b"half a checkpoint")
     (out / ".mine.tmp").write_text("not gpunet's")
     fit(config_for_resume(out / "last.h5", {"epochs": 2}), resume=out / "last.h5")
-    assert sorted(p.name for p in out.iterdir()) == [".mine.tmp", "best.h5", "config.toml",
-                                                     "last.h5", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [".gpunet-run", ".mine.tmp", "best.h5",
+                                                     "config.toml", "last.h5", "metrics.jsonl"]

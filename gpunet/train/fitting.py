@@ -14,6 +14,7 @@ of an epoch (see ``loop``).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +41,13 @@ from .loop import (
     train_epochs,
 )
 from .result import FitResult
-from .runfolder import RunFolder, check_resume_config, default_out_dir, normalize_data_ref
+from .runfolder import (
+    RunFolder,
+    check_resume_config,
+    default_out_dir,
+    describe_stamp,
+    normalize_data_ref,
+)
 from .state import TrainState, batches_per_epoch, drops_last
 
 Callback = Callable[[str, dict[str, Any]], None]
@@ -67,26 +74,50 @@ def fit(
     """
     t_start = time.perf_counter()
     cfg, ck, changed = _prepare_config(config, resume)
+    resume_path = Path(resume) if resume is not None else None
+    stamp = describe_stamp(resume_path) if resume_path is not None else None
     run = RunFolder(str(cfg.out))
-    if ck is None and run.holds_run():
-        raise ConfigError(f"{run.out} already holds a run (last.h5 / best.h5): continue it "
-                          "with --resume auto, or choose another --out")
+    run.check_target(resume_path)
     be = get_backend(backend if backend is not None else cfg.device)
     ds = dataset if dataset is not None else _open_dataset(cfg)
     _check_training_set(cfg, ds)
     state = (TrainState.fresh(cfg, ds, be) if ck is None
              else TrainState.from_checkpoint(ck, cfg, ds, be))
     driver = _Driver(cfg, run, state, ds, callback)
-    run.create()  # after every input check: bad input leaves no empty folder
-    if not driver.begin(resume, changed):
+    if resume is not None and state.nothing_left(cfg.epochs, cfg.patience):
+        driver.announce(resume, finished=True)  # a no-op resume writes nothing
+        return driver.finish(t_start, resume, changed)
+    driver.prepare()  # allocates the step's buffers and the feed: may run out of memory
+    # every input is checked: only now the folder is made, locked and written
+    run.acquire()
+    try:
+        _recheck(run, resume_path, stamp)
+        driver.begin(resume, changed)
+        driver.announce(resume, finished=False)
         driver.train()
-    return driver.finish(t_start, resume, changed)
+        return driver.finish(t_start, resume, changed)
+    finally:
+        run.release()
+
+
+def _recheck(run: RunFolder, resume: Path | None, stamp: Any) -> None:
+    """With the lock held: the folder is as it was checked (no run appeared in it, the
+    checkpoint to resume was not replaced meanwhile); ``ConfigError`` otherwise."""
+    if resume is None:
+        if run.holds_run():
+            raise ConfigError(f"{run.out} already holds a run (last.h5 / best.h5): continue "
+                              "it with --resume auto, or choose another --out")
+        return
+    if describe_stamp(resume) != stamp:
+        raise ConfigError(f"{resume} changed while this run was starting (another process "
+                          "saved it); start again")
 
 
 def _prepare_config(config: TrainConfig | dict[str, Any], resume: str | Path | None
                     ) -> tuple[TrainConfig, ckpt_mod.Checkpoint | None, dict[str, list[Any]]]:
     """The resolved config (data paths made absolute, ``out`` chosen), the checkpoint to
-    resume and what the config changes from it."""
+    resume and what the config changes from it. Without ``out``, a resume continues beside
+    its checkpoint when that is in a gpunet run folder, and in a new run folder otherwise."""
     cfg = (config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config))
     cfg = cfg.resolve()
     ck = ckpt_mod.load(resume) if resume is not None else None
@@ -97,8 +128,12 @@ def _prepare_config(config: TrainConfig | dict[str, Any], resume: str | Path | N
     cfg.data = normalize_data_ref(cfg.data)
     cfg.val = normalize_data_ref(cfg.val)
     changed = check_resume_config(ck, cfg) if ck is not None else {}
-    out = Path(cfg.out) if cfg.out else (
-        Path(resume).parent if resume is not None else default_out_dir(str(cfg.data)))
+    if cfg.out:
+        out = Path(cfg.out)
+    elif resume is not None and RunFolder(Path(resume).parent).is_ours():
+        out = Path(resume).parent
+    else:
+        out = default_out_dir(str(cfg.data))
     cfg.out = str(out)
     return cfg, ck, changed
 
@@ -170,41 +205,71 @@ class _Driver:
         self.classes = [str(c) for c in ds.classes] or [str(i) for i in range(ds.n_classes)]
         self.best_arrays: dict[str, np.ndarray] | None = None  # best.h5's weights
         self.history: list[dict[str, Any]] = []
+        self.stepper: Any = None
+        self.feed: Any = None
 
-    def begin(self, resume: str | Path | None, changed: dict[str, list[Any]]) -> bool:
-        """Start or continue the run folder, announce ``start``; returns whether a resumed
-        run has nothing left to train."""
-        st, cfg = self.state, self.cfg
+    def prepare(self) -> None:
+        """Build the training step and the batch feed (before any file is written: this is
+        where a device runs out of memory)."""
+        cfg, st = self.cfg, self.state
+        be = st.model.backend
+        cw = _class_weights(cfg, self.ds)
+        self.stepper = TrainStep(st.model, st.optimizer, cfg.batch_size,
+                                 class_weights=None if cw is None else be.asarray(cw),
+                                 cuda_graph=cfg.cuda_graph, tf32=cfg.tf32)
+        self.feed = make_feed(be, self.ds.train, st.standardizer, cfg.batch_size, self.stepper)
+
+    def begin(self, resume: str | Path | None, changed: dict[str, list[Any]]) -> None:
+        """Start or continue the run folder (the lock held): the metrics log, config.toml,
+        and a ``best.h5`` that holds the resumed state's best epoch."""
+        st = self.state
         event = None
         if resume is not None:
-            self.best_arrays = self.run.best_arrays(st.best_epoch, Path(resume).parent / "best.h5")
             event = {"event": "resume", "epoch": st.epoch, "step": st.step,
                      "from": str(resume), "changed": changed}
-        self.history = self.run.begin(cfg, event)
-        finished = resume is not None and st.nothing_left(cfg.epochs, cfg.patience)
+        self.history = self.run.begin(self.cfg, event)
+        if resume is not None:
+            self.restore_best(Path(resume))
+
+    def restore_best(self, resume: Path) -> None:
+        """Make ``best.h5`` hold the state's best epoch: found here or beside the resumed
+        checkpoint (copied here), else the resumed state itself when it is that epoch's end
+        (a kill between ``last.h5`` and ``best.h5``)."""
+        st = self.state
+        found, where = self.run.find_best(st.best_epoch, resume.parent / "best.h5")
+        if found is not None:
+            self.best_arrays = found.arrays
+            if where != self.run.best:
+                self.run.copy_best(found)
+        elif st.best_epoch > 0 and st.epoch == st.best_epoch and st.batch == 0:
+            self.run.save(self.run.best, self.checkpoint())
+            self.best_arrays = st.model.state_arrays()
+
+    def announce(self, resume: str | Path | None, finished: bool) -> None:
+        """The ``start`` event."""
+        st, cfg = self.state, self.cfg
         be = st.model.backend
         self.say("start", {"epochs": cfg.epochs, "start_epoch": st.epoch,
                            "batches": st.n_batches, "n_train": st.n_train,
                            "resumed": resume is not None, "out": str(self.run.out),
                            "device": be.name, "params": st.model.num_params,
-                           "finished": finished})
-        return finished
+                           "finished": finished, "validation": self.ds.val is not None})
+        if finished:  # read only: the log's epochs and the best weights
+            with contextlib.suppress(OSError):
+                self.history = [r for r in self.run.metrics.read() if "event" not in r]
+            self.best_arrays = self.run.best_arrays(
+                st.best_epoch, None if resume is None else Path(resume).parent / "best.h5")
 
     def train(self) -> None:
         """Run the epoch loop to its end, handling each progress record."""
         cfg, st = self.cfg, self.state
         be = st.model.backend
-        cw = _class_weights(cfg, self.ds)
-        stepper = TrainStep(st.model, st.optimizer, cfg.batch_size,
-                            class_weights=None if cw is None else be.asarray(cw),
-                            cuda_graph=cfg.cuda_graph, tf32=cfg.tf32)
-        feed = make_feed(be, self.ds.train, st.standardizer, cfg.batch_size, stepper)
         opts = LoopOptions(epochs=cfg.epochs, patience=cfg.patience, save_every=cfg.save_every,
                            validate=self.validate, check_each_step=not be.asynchronous,
                            asynchronous=be.asynchronous)
         # overflow to inf / NaN is detected and reported as TrainingDiverged, not warned about
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            for rec in train_epochs(st, stepper, feed, opts):
+            for rec in train_epochs(st, self.stepper, self.feed, opts):
                 self.handle(rec)
 
     def validate(self) -> tuple[float | None, float | None]:
@@ -230,10 +295,11 @@ class _Driver:
         elif isinstance(rec, EpochDone):
             self.run.metrics.append(rec.record)
             self.history.append(rec.record)
+            ck = self.checkpoint()
+            self.run.save(self.run.last, ck)  # last.h5 first: see runfolder, "Save order"
             if rec.improved:
-                self.run.save(self.run.best, self.checkpoint())
+                self.run.save(self.run.best, ck)
                 self.best_arrays = self.state.model.state_arrays()
-            self.run.save(self.run.last, self.checkpoint())
             self.say("epoch", {**rec.record, "best": rec.improved, "epochs": self.cfg.epochs})
         elif isinstance(rec, Diverged):
             raise self.diverged(rec)

@@ -54,6 +54,46 @@ def make_run_optimizer(cfg: TrainConfig, model: MLP) -> Optimizer:
     return make_optimizer(cfg.optimizer, model, schedule=schedule, **cfg.optimizer_kwargs())
 
 
+#: the values of ``progress["status"]``
+STATUSES = ("running", "finished", "early_stopped")
+
+
+def _counters(ck: ckpt_mod.Checkpoint) -> tuple[int, int, int]:
+    """``(epoch, batch, step)`` of a checkpoint's progress, checked (``CheckpointError``):
+    counts are non-negative integers, every epoch took a step at least, the best epoch is
+    done, sums are finite, status and metric are known."""
+    pr = ck.progress
+    try:
+        epoch, batch, step = (_int(pr[k]) for k in ("epoch", "batch", "step"))
+        best_epoch = _int(pr.get("best_epoch", 0))
+        improved = _int(pr.get("improved_epoch", best_epoch))
+        bv = pr.get("best_value")
+        if bv is not None and not math.isfinite(float(bv)):
+            raise ValueError("best_value is not finite")
+        for k in ("epoch_loss_sum", "epoch_seconds"):
+            if not math.isfinite(float(pr.get(k, 0.0))):
+                raise ValueError(f"{k} is not finite")
+        for k in ("epoch_correct", "epoch_count"):
+            _int(pr.get(k, 0))
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        raise CheckpointError(f"checkpoint {ck.path}: bad progress record ({e})") from None
+    if str(pr.get("status", "running")) not in STATUSES or \
+            str(pr.get("best_metric", "val_acc")) not in ("val_acc", "train_acc"):
+        raise CheckpointError(f"checkpoint {ck.path}: bad progress record (status "
+                              f"{pr.get('status')!r}, metric {pr.get('best_metric')!r})")
+    if best_epoch > epoch or improved > epoch or step < epoch + (1 if batch else 0):
+        raise CheckpointError(f"checkpoint {ck.path}: inconsistent progress record (epoch "
+                              f"{epoch}, batch {batch}, step {step}, best epoch {best_epoch})")
+    return epoch, batch, step
+
+
+def _int(v: Any) -> int:
+    """A non-negative integer (bools and floats with a fraction refused)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v or v < 0:
+        raise ValueError(f"{v!r} is not a count")
+    return int(v)
+
+
 @dataclass
 class TrainState:
     """A run's mutable state between two steps (see the module docstring for the counters).
@@ -124,10 +164,15 @@ class TrainState:
                 f"checkpoint {ck.path} is for {ck.in_features} features and {ck.n_classes} "
                 f"classes but {cfg.data} has {dataset.n_features} and {dataset.n_classes}")
         pr = ck.progress
-        epoch, batch, step = int(pr["epoch"]), int(pr["batch"]), int(pr["step"])
+        epoch, batch, step = _counters(ck)
         if batch and int(pr.get("batch_size", cfg.batch_size)) != cfg.batch_size:
             raise ConfigError("the checkpoint was saved in the middle of an epoch; the batch "
                               "size can only change at an epoch boundary")
+        n_batches = batches_per_epoch(int(dataset.train.n), cfg.batch_size,
+                                      drops_last(cfg, int(dataset.train.n)))
+        if batch >= n_batches:
+            raise CheckpointError(f"checkpoint {ck.path} was saved at batch {batch} of an "
+                                  f"epoch, but {cfg.data} makes {n_batches} batches per epoch")
         standardizer = standardizer_from_checkpoint(ck)
         model = ckpt_mod.build_model(ck, backend)
         opt = make_run_optimizer(cfg, model)
