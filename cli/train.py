@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
+import signal
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +47,9 @@ _HIDDEN = typer.Option(",".join(map(str, _D.hidden)), "--hidden", metavar="W1,W2
                        help="Hidden layer widths ('none': softmax regression).")
 _BATCHNORM = typer.Option(_D.batchnorm, "--batchnorm/--no-batchnorm",
                           help="Batch norm after each hidden Dense layer.")
-_DROPOUT = typer.Option(_D.dropout, "--dropout", metavar="P")
+_DROPOUT = typer.Option(_D.dropout, "--dropout", metavar="P",
+                        help="Dropout probability after each hidden activation, in [0, 1) "
+                             "(inverted dropout; 0: off).")
 _ACTIVATION = typer.Option(_D.activation, "--activation", help=_one_of(ACTIVATIONS))
 _OPTIMIZER = typer.Option(_D.optimizer, "--optimizer", help=_one_of(list(OPTIMIZER_DEFAULTS)))
 _LR = typer.Option(None, "--lr", metavar="A",
@@ -73,10 +80,12 @@ _CLASS_WEIGHTS = typer.Option(_D.class_weights, "--class-weights",
 _SEED = typer.Option(_D.seed, "--seed", metavar="S")
 _DEVICE = typer.Option(_D.device, "--device", help="auto, cpu, gpu or gpu:N.")
 _OUT = typer.Option(None, "--out", metavar="DIR",
-                    help="Run folder (default: runs/<data>-<YYYYmmdd-HHMMSS>).")
+                    help="Run folder: new, empty or a gpunet run folder (default: a new "
+                         "folder in runs/ named after the data, the date and the time).")
 _RESUME = typer.Option(
     None, "--resume", metavar="auto|PATH",
-    help="Continue a run: 'auto' uses <out>/last.h5 if present (else starts fresh).")
+    help="Continue a run: 'auto' uses <out>/last.h5 if present (else starts fresh); a PATH "
+         "outside a gpunet run folder continues into --out or a new run folder.")
 _SAVE_EVERY = typer.Option(_D.save_every, "--save-every", metavar="N",
                            help="Also save last.h5 every N steps (0: epoch ends).")
 _CUDA_GRAPH = typer.Option(
@@ -148,7 +157,8 @@ def train_command(
     cfg, resume_path = command_config(ctx, data, config, resume)
     display = make_display(json_out=json_out, quiet=quiet)
     try:
-        result = fit(cfg, resume=resume_path, callback=display)
+        with sigterm_as_interrupt():
+            result = fit(cfg, resume=resume_path, callback=display)
     finally:
         display.close()
     summary = result.summary()
@@ -190,6 +200,25 @@ def command_config(ctx: typer.Context, data: str | None, config: str | None,
     return cfg, resume_path
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops training the way Ctrl-C does (``KeyboardInterrupt``: the save in
+    progress is abandoned, its temporary file removed, the lock released; ``interrupted``,
+    exit 130). Only in the main thread, where Python delivers signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def explicit_params(ctx: typer.Context, names: tuple[str, ...]) -> dict[str, Any]:
     """The parameters given on the command line (or by environment), by config key."""
     out: dict[str, Any] = {}
@@ -220,17 +249,75 @@ def _fmt(v: Any, spec: str = ".4f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def _epoch_line(info: dict[str, Any]) -> str:
-    parts = [f"epoch {info['epoch']:>3}/{info['epochs']}",
-             f"train loss {_fmt(info['train_loss'])} acc {_fmt(info['train_acc'])}"]
-    if info.get("val_acc") is not None:
-        parts.append(f"val loss {_fmt(info['val_loss'])} acc {_fmt(info['val_acc'])}")
-    parts.append(f"lr {info['lr']:.3g}")
-    parts.append(f"{info['seconds']:.2f}s")
-    if info.get("samples_per_s"):
-        parts.append(f"{info['samples_per_s']:,.0f} samples/s")
-    line = "  ".join(parts)
-    return line + ("  *" if info.get("best") else "")
+def _num(v: Any, width: int) -> str:
+    """A loss in at most ``width`` characters: 4 decimals, else scientific notation."""
+    if v is None:
+        return "-"
+    text = f"{v:.4f}"
+    return text if len(text) <= width else f"{v:.{max(width - 6, 0)}e}"
+
+
+def _secs(s: float) -> str:
+    """Seconds in at most 6 characters: 0.04s, 12.3s, 1234s, 28h."""
+    if s < 9.995:
+        return f"{s:.2f}s"
+    if s < 99.95:
+        return f"{s:.1f}s"
+    return f"{s:.0f}s" if s < 99999.5 else f"{s / 3600:.0f}h"
+
+
+def _rate(v: Any) -> str:
+    if not v:
+        return "-"
+    return f"{v:,.0f}" if v < 999999.5 else f"{v / 1e6:,.1f}M"
+
+
+#: the epoch table's columns after the epoch: (header, width, cell, needs validation);
+#: the last ones are dropped first when a line would not fit the terminal
+_COLUMNS: list[tuple[str, int, Callable[[dict[str, Any]], str], bool]] = [
+    ("loss", 7, lambda i: _num(i["train_loss"], 7), False),
+    ("acc", 6, lambda i: _fmt(i["train_acc"]), False),
+    ("val_loss", 8, lambda i: _num(i.get("val_loss"), 8), True),
+    ("val_acc", 7, lambda i: _fmt(i.get("val_acc")), True),
+    ("lr", 8, lambda i: f"{i['lr']:.3g}", False),
+    ("time", 6, lambda i: _secs(i["seconds"]), False),
+    ("samples/s", 9, lambda i: _rate(i.get("samples_per_s")), False),
+]
+_OPTIONAL = ("samples/s", "time")
+
+
+class EpochTable:
+    """One line per epoch under a header, within ``width`` columns (``samples/s``, then
+    ``time``, are left out where they would not fit); ``*`` marks a new best.h5."""
+
+    def __init__(self, epochs: int, validation: bool, width: int = 80) -> None:
+        self.epochs = epochs
+        self.lead = 6 + 2 * len(str(epochs)) + 1  # "epoch " + "12/40"
+        self.cols = [c for c in _COLUMNS if validation or not c[3]]
+        for name in _OPTIONAL:
+            if self.width() > width:
+                self.cols = [c for c in self.cols if c[0] != name]
+
+    def width(self) -> int:
+        return self.lead + sum(2 + w for _, w, _, _ in self.cols) + 2
+
+    def header(self) -> str:
+        return " " * self.lead + "".join(f"  {h:>{w}}" for h, w, _, _ in self.cols)
+
+    def row(self, info: dict[str, Any]) -> str:
+        e = f"epoch {info['epoch']:>{len(str(self.epochs))}}/{self.epochs}"
+        cells = "".join(f"  {cell(info):>{w}}" for _, w, cell, _ in self.cols)
+        return f"{e:<{self.lead}}{cells}" + (" *" if info.get("best") else "")
+
+
+def _epoch_line(info: dict[str, Any], width: int = 80) -> str:
+    """One epoch's line as the plain display prints it (without its header)."""
+    return EpochTable(info["epochs"], info.get("val_acc") is not None, width).row(info)
+
+
+def terminal_width() -> int:
+    """The terminal's width (``COLUMNS`` first; 80 off a terminal)."""
+    return shutil.get_terminal_size((80, 24)).columns
 
 
 def _start_line(info: dict[str, Any]) -> str:
@@ -254,15 +341,21 @@ def _end_lines(s: dict[str, Any]) -> list[str]:
 
 
 class _Plain(_Display):
-    """One line per epoch (logs, pipes)."""
+    """One line per epoch (logs, pipes), under a header, within the terminal's width."""
+
+    table: EpochTable | None = None
 
     def on_start(self, info: dict[str, Any]) -> None:
         typer.echo(_start_line(info))
         if info["finished"]:
             typer.echo("the run is already complete; raise --epochs to continue it")
+            return
+        self.table = EpochTable(info["epochs"], info.get("validation", True), terminal_width())
+        typer.echo(self.table.header())
 
     def on_epoch(self, info: dict[str, Any]) -> None:
-        typer.echo(_epoch_line(info))
+        table = self.table or EpochTable(info["epochs"], True, terminal_width())
+        typer.echo(table.row(info))
 
     def on_end(self, s: dict[str, Any]) -> None:
         for line in _end_lines(s):
@@ -296,6 +389,9 @@ class _Rich(_Plain):
         if info["finished"]:
             self.console.print("the run is already complete; raise --epochs to continue it")
             return
+        self.table = EpochTable(info["epochs"], info.get("validation", True),
+                                self.console.width)
+        self.console.print(self.table.header(), highlight=False)
         self.progress.start()
         self.started = True
         self.task = self.progress.add_task("epoch", total=info["batches"])
@@ -310,7 +406,8 @@ class _Rich(_Plain):
             self.progress.update(self.task, completed=info["batch"])
 
     def on_epoch(self, info: dict[str, Any]) -> None:
-        self.progress.console.print(_epoch_line(info), highlight=False)
+        table = self.table or EpochTable(info["epochs"], True, self.console.width)
+        self.progress.console.print(table.row(info), highlight=False)
 
     def on_end(self, s: dict[str, Any]) -> None:
         self.close()
