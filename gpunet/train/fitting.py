@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from .. import checkpoint as ckpt_mod
 from ..backend import Backend, get_backend
 from ..config import TrainConfig
 from ..errors import ConfigError, DataError, TrainingDiverged
+from ..fileio import remove_stale_temps
 from ..model import MLP
 from ..step import TrainStep
 from .evaluation import evaluate
@@ -43,6 +44,7 @@ from .loop import (
 from .result import FitResult
 from .runfolder import (
     RunFolder,
+    _same_folder,
     check_resume_config,
     default_out_dir,
     describe_stamp,
@@ -84,18 +86,31 @@ def fit(
     state = (TrainState.fresh(cfg, ds, be) if ck is None
              else TrainState.from_checkpoint(ck, cfg, ds, be))
     driver = _Driver(cfg, run, state, ds, callback)
-    if resume is not None and state.nothing_left(cfg.epochs, cfg.patience):
-        driver.announce(resume, finished=True)  # a no-op resume writes nothing
+    if resume_path is not None and state.nothing_left(cfg.epochs, cfg.patience):
+        # a no-op resume writes nothing, but completes a save a kill interrupted
+        if driver.best_is_behind(resume_path) and _same_folder(resume_path.parent, run.out):
+            with _locked(run, resume_path, stamp):
+                remove_stale_temps(run.out)
+                driver.restore_best(resume_path)
+        driver.announce(resume, finished=True)
         return driver.finish(t_start, resume, changed)
     driver.prepare()  # allocates the step's buffers and the feed: may run out of memory
     # every input is checked: only now the folder is made, locked and written
-    run.acquire()
-    try:
-        _recheck(run, resume_path, stamp)
+    with _locked(run, resume_path, stamp):
         driver.begin(resume, changed)
         driver.announce(resume, finished=False)
         driver.train()
         return driver.finish(t_start, resume, changed)
+
+
+@contextlib.contextmanager
+def _locked(run: RunFolder, resume: Path | None, stamp: Any) -> Iterator[None]:
+    """Make and lock the run folder, check it is still as it was checked, release at the
+    end."""
+    run.acquire()
+    try:
+        _recheck(run, resume, stamp)
+        yield
     finally:
         run.release()
 
@@ -230,6 +245,14 @@ class _Driver:
         self.history = self.run.begin(self.cfg, event)
         if resume is not None:
             self.restore_best(Path(resume))
+
+    def best_is_behind(self, resume: Path) -> bool:
+        """Whether ``best.h5`` lacks the state's best epoch while the state is that epoch's
+        end: a kill came between ``last.h5`` and ``best.h5`` (see ``runfolder``)."""
+        st = self.state
+        return (st.best_epoch > 0 and st.epoch == st.best_epoch and st.batch == 0
+                and self.run.find_best(st.best_epoch)[0] is None
+                and _same_folder(resume.parent, self.run.out))
 
     def restore_best(self, resume: Path) -> None:
         """Make ``best.h5`` hold the state's best epoch: found here or beside the resumed
