@@ -324,3 +324,15 @@ def test_the_plain_display_and_train_help_fit_80_columns(data, tmp_path):
     assert "Dropout probability after each hidden activation" in " ".join(text.split())
     assert "(default: a new folder in runs/ named after the data, the date and the time)" \
         in " ".join(text.split())
+
+
+def test_the_quickstart_runs_twice(tmp_path, monkeypatch):
+    """README's quickstart, ``gpunet train digits``, twice in one folder (one epoch here):
+    each run gets its own run folder."""
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        r = invoke("train", "digits", "--epochs", "1", "--device", "cpu", "--quiet")
+        assert r.exit_code == 0, r.output
+    runs = sorted((Path.cwd() / "runs").iterdir())
+    assert len(runs) == 2 and all((p / "last.h5").is_file() for p in runs)
+    assert all(p.name.startswith("digits-") for p in runs)
