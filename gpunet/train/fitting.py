@@ -73,6 +73,11 @@ def fit(
     ``epoch_start``, ``batch``, ``epoch`` and ``end``; an exception it raises stops training
     (the files stay as last written). Raises ``TrainingDiverged`` on a NaN / inf loss,
     leaving the last good checkpoint as it was.
+
+    The run folder (``config.out``; without it, beside a resumed checkpoint that is in a
+    gpunet run folder, else a new ``runs/<data>-<time>``) must be new, empty or a gpunet run
+    folder (``runfolder``); everything is checked before the first write, and the folder is
+    locked while the run writes to it (``ConfigError`` when another process holds it).
     """
     t_start = time.perf_counter()
     cfg, ck, changed = _prepare_config(config, resume)
