@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 
 from ..errors import DataError
+from .checks import _printable
 from .files import _allowed, _open_h5_unchecked, resolve_data_path
 from .labels import _n_classes
 from .layout import _check_part, _class_names, _find_parts
@@ -82,7 +83,9 @@ def _detected(f: h5py.File, x_key: str | None, y_key: str | None, info: dict[str
     parts, same = _find_parts(f, x_key, y_key)
     names = _class_names(f, parts["train"])
     pds = {s: _check_part(f, p, memory_budget) for s, p in parts.items()}
-    n_classes = _n_classes(names, [(pd, f"in {pd.part.y}") for pd in pds.values()])
+    fname = _printable(os.path.basename(f.filename))
+    n_classes = _n_classes(names, [(pd, f"in {fname}:{_printable(pd.part.y)}")
+                                   for pd in pds.values()])
     info["classes"] = names if names is not None else [str(i) for i in range(n_classes)]
     info["n_classes"] = n_classes
     info["val_source"] = "group" if "val" in pds else "split"

@@ -190,12 +190,13 @@ def _read_names(obj: Any, where: str) -> list[str]:
     their number from the metadata."""
     if isinstance(obj, h5py.Dataset):
         size, what = obj.size, f"dataset {_printable(obj.name)}"
-        _check_stored(obj, f"class names {what}")
     else:
         size, what = obj.get_id("classes").shape, f"attribute 'classes' of {where}"
         size = math.prod(size) if size else 1
     if size > MAX_CLASSES:
         raise DataError(f"{what} names {size:,} classes; at most {MAX_CLASSES:,} are read")
+    if isinstance(obj, h5py.Dataset):
+        _check_stored(obj, f"class names {what}")
     try:
         return _decode_names(obj[()] if isinstance(obj, h5py.Dataset) else obj["classes"])
     except (OSError, TypeError, ValueError) as e:
