@@ -10,6 +10,8 @@ from typing import Annotated, Any
 import typer
 
 from gpunet import data as gdata
+from gpunet.config import parse_size
+from gpunet.data.checks import _printable
 from gpunet.errors import DataError, GpunetError
 
 data_app = typer.Typer(
@@ -95,36 +97,70 @@ def import_(
     _echo_summary(_run(go), as_json)
 
 
+_ALLOW_EXTERNAL = typer.Option(
+    "--allow-external-data",
+    help="Read HDF5 links, virtual datasets and external raw storage (refused by default); "
+         "each is checked first, and a missing source is an error.")
+
+
+def _show(s: object) -> str:
+    """A string from a file, control characters escaped."""
+    return _printable(str(s))
+
+
+def _where(d: dict[str, Any]) -> str:
+    """Where a dataset lives, for the inventory lines."""
+    if d["storage"] in ("contiguous", "chunked", "compact"):
+        return d["storage"]
+    return f"{d['storage']}: {_show(d['target'])}" if d["target"] else d["storage"]
+
+
+def _echo_inspect(info: dict[str, Any]) -> None:
+    typer.echo(f"{_show(info['path'])} ({info['bytes']:,} bytes)")
+    for k, v in info["attrs"].items():
+        text = _show(", ".join(map(str, v)) if isinstance(v, list) else v)
+        typer.echo(f"  @{_show(k)}: {text if len(text) <= 90 else text[:87] + '...'}")
+    keys = [_show(d["key"]) for d in info["datasets"]]
+    w = max((len(k) for k in keys), default=0)
+    for k, d in zip(keys, info["datasets"], strict=True):
+        shape = str(tuple(d["shape"])) if d["shape"] is not None else "-"
+        typer.echo(f"  {k:<{w}}  {shape:<14} {d['dtype'] or '-':<8} {_where(d)}")
+    for s, v in info["splits"].items():
+        y = _show(v["y_key"]) if v["y_key"] else "(no labels)"
+        same = ", same data as train" if v["same_as_train"] else ""
+        typer.echo(f"{s}: {_show(v['x_key'])} / {y}: n={v['n']:,}, features={v['n_features']}, "
+                   f"labels {v['labels']}{same}")
+        typer.echo("  class counts: " + " ".join(
+            f"{_show(c)}:{k}" for c, k in zip(info["classes"], v["class_counts"], strict=True)))
+    if info["splits"] and "val" not in info["splits"]:
+        typer.echo("val: none in the file (training holds out --val-split of train)")
+    if info["classes"] is not None:
+        typer.echo(f"classes ({info['n_classes']}): {', '.join(map(_show, info['classes']))}")
+
+
 @data_app.command("inspect")
 def inspect(
     data: Annotated[str, typer.Argument(help="An .h5 file or a bundled dataset name (digits).")],
     x_key: Annotated[str | None, typer.Option("--x-key", help="Override the X key.")] = None,
     y_key: Annotated[str | None, typer.Option("--y-key", help="Override the labels key.")] = None,
+    allow_external_data: Annotated[bool, _ALLOW_EXTERNAL] = False,
+    memory_budget: Annotated[str | None, typer.Option(
+        "--memory-budget", metavar="BYTES",
+        help="Most bytes the class ids of one split may take (default 2 GiB).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Show keys, shapes, dtypes, the detected splits and keys, and class counts."""
-    info = _run(lambda: gdata.inspect_file(data, x_key=x_key, y_key=y_key))
+    """Show keys, shapes, dtypes, where each dataset lives (in the file, external files,
+    virtual sources, link targets), the detected splits and keys, and class counts."""
+    def go() -> dict[str, Any]:
+        budget = {"memory_budget": parse_size(memory_budget)} if memory_budget else {}
+        return gdata.inspect_file(data, x_key=x_key, y_key=y_key,
+                                  allow_external=allow_external_data, **budget)
+
+    info = _run(go)
     if as_json:
         typer.echo(json.dumps(info))
     else:
-        typer.echo(f"{info['path']} ({info['bytes']:,} bytes)")
-        for k, v in info["attrs"].items():
-            text = ", ".join(map(str, v)) if isinstance(v, list) else str(v)
-            typer.echo(f"  @{k}: {text if len(text) <= 90 else text[:87] + '...'}")
-        w = max((len(d["key"]) for d in info["datasets"]), default=0)
-        for d in info["datasets"]:
-            typer.echo(f"  {d['key']:<{w}}  {str(tuple(d['shape'])):<14} {d['dtype']}")
-        for s, v in info["splits"].items():
-            y = v["y_key"] or "(no labels)"
-            same = ", same data as train" if v["same_as_train"] else ""
-            typer.echo(f"{s}: {v['x_key']} / {y}: n={v['n']:,}, features={v['n_features']}, "
-                       f"labels {v['labels']}{same}")
-            typer.echo("  class counts: " + " ".join(
-                f"{c}:{k}" for c, k in zip(info["classes"], v["class_counts"], strict=True)))
-        if info["splits"] and "val" not in info["splits"]:
-            typer.echo("val: none in the file (training holds out --val-split of train)")
-        if info["classes"] is not None:
-            typer.echo(f"classes ({info['n_classes']}): {', '.join(info['classes'])}")
+        _echo_inspect(info)
     if info["error"]:
-        typer.echo(f"error: {info['error']}", err=True)
+        typer.echo(f"error: {_show(info['error'])}", err=True)
         raise typer.Exit(2)

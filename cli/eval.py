@@ -8,8 +8,13 @@ from typing import Any
 import typer
 
 from gpunet.config import parse_size
+from gpunet.data import allow_external_data as allow_external_data_in
 
 _SPLITS = ("test", "val", "train", "all")
+_ALLOW_EXTERNAL_DATA = typer.Option(
+    False, "--allow-external-data",
+    help="Read HDF5 links, virtual datasets and external raw storage in the data (refused by "
+         "default); each is checked first, and a missing source is an error.")
 
 
 def eval_command(
@@ -28,6 +33,7 @@ def eval_command(
     y_key: str | None = typer.Option(None, "--y-key", metavar="K"),
     memory_budget: str | None = typer.Option(
         None, "--memory-budget", metavar="BYTES"),
+    allow_external_data: bool = _ALLOW_EXTERNAL_DATA,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Evaluate a checkpoint with batch norm's inference statistics: accuracy, loss,
@@ -39,9 +45,10 @@ def eval_command(
         raise ConfigError(f"unknown --split {split!r}: use {', '.join(_SPLITS)}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
-    res = evaluate_checkpoint(
-        checkpoint, data, split, batch_size=batch_size, device=device, x_key=x_key,
-        y_key=y_key, memory_budget=parse_size(memory_budget) if memory_budget else None)
+    with allow_external_data_in(allow_external_data):
+        res = evaluate_checkpoint(
+            checkpoint, data, split, batch_size=batch_size, device=device, x_key=x_key,
+            y_key=y_key, memory_budget=parse_size(memory_budget) if memory_budget else None)
     if json_out:
         typer.echo(json.dumps(res))
         return
@@ -83,6 +90,7 @@ def predict_command(
     y_key: str | None = typer.Option(None, "--y-key", metavar="K"),
     memory_budget: str | None = typer.Option(
         None, "--memory-budget", metavar="BYTES"),
+    allow_external_data: bool = _ALLOW_EXTERNAL_DATA,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Predict classes (and probabilities) for a data file with a checkpoint."""
@@ -93,10 +101,11 @@ def predict_command(
         raise ConfigError(f"unknown --split {split!r}: use {', '.join(_SPLITS)}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
-    res = predict_checkpoint(
-        checkpoint, data, out, proba=proba, split=split, batch_size=batch_size, device=device,
-        x_key=x_key, y_key=y_key,
-        memory_budget=parse_size(memory_budget) if memory_budget else None)
+    with allow_external_data_in(allow_external_data):
+        res = predict_checkpoint(
+            checkpoint, data, out, proba=proba, split=split, batch_size=batch_size,
+            device=device, x_key=x_key, y_key=y_key,
+            memory_budget=parse_size(memory_budget) if memory_budget else None)
     if json_out:
         typer.echo(json.dumps(res))
     else:

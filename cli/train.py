@@ -107,6 +107,10 @@ _Y_KEY = typer.Option(None, "--y-key", metavar="K")
 _MEMORY_BUDGET = typer.Option(
     None, "--memory-budget", metavar="BYTES",
     help="Read the data into memory up to this size (e.g. 512MB), stream beyond it.")
+_ALLOW_EXTERNAL_DATA = typer.Option(
+    _D.allow_external_data, "--allow-external-data",
+    help="Read HDF5 links, virtual datasets and external raw storage in the data (refused by "
+         "default); each is checked first, and a missing source is an error.")
 _JSON = typer.Option(False, "--json", help="Print one JSON object at the end.")
 _QUIET = typer.Option(False, "--quiet", "-q", help="No progress output.")
 
@@ -147,6 +151,7 @@ def train_command(
     x_key: str | None = _X_KEY,
     y_key: str | None = _Y_KEY,
     memory_budget: str | None = _MEMORY_BUDGET,
+    allow_external_data: bool = _ALLOW_EXTERNAL_DATA,
     json_out: bool = _JSON,
     quiet: bool = _QUIET,
 ) -> None:
@@ -191,6 +196,7 @@ def command_config(ctx: typer.Context, data: str | None, config: str | None,
         ck = load_checkpoint(resume_path)
         base = TrainConfig.from_dict(ck.config, source=f"checkpoint {resume_path}")
         base.out = None  # a run folder that moved: continue beside the checkpoint
+        base.allow_external_data = False  # a permission is given anew, never inherited
     else:
         base = TrainConfig()
     cfg = base.updated(file_cfg, source=f"config file {config}") if file_cfg else base

@@ -53,6 +53,10 @@ def tune_command(
     plot: str | None = typer.Option(
         None, "--plot", metavar="FILE.png",
         help="Plot validation accuracy against the learning rate (needs matplotlib)."),
+    allow_external_data: bool = typer.Option(
+        False, "--allow-external-data",
+        help="Read HDF5 links, virtual datasets and external raw storage in the data (refused "
+             "by default); each is checked first, and a missing source is an error."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final table."),
 ) -> None:
@@ -67,6 +71,8 @@ def tune_command(
             base[key] = value
     if val_split is not None:
         base["val"] = None
+    if allow_external_data:
+        base["allow_external_data"] = True
     cfg = TrainConfig.from_dict(base, source=f"config file {config}" if config else "options")
     show = not (json_out or quiet)
     res = tune(data, trials, rounds=rounds, epochs=epochs, space=space, config=cfg,

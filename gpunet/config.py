@@ -58,6 +58,7 @@ class TrainConfig:
     x_key: str | None = None
     y_key: str | None = None
     memory_budget: int | None = None  # None: gpunet.data.DEFAULT_MEMORY_BUDGET
+    allow_external_data: bool = False  # read HDF5 links / virtual datasets / external storage
     hidden: list[int] = field(default_factory=lambda: [256, 128])
     batchnorm: bool = True
     dropout: float = 0.0
@@ -285,7 +286,7 @@ def parse_size(text: str | int) -> int:
 _FLOAT_KEYS = {"val_split", "dropout", "lr", "beta1", "beta2", "eps", "weight_decay",
                "lr_gamma", "lr_decay_rate", "bn_momentum"}
 _INT_KEYS = {"epochs", "batch_size", "patience", "seed", "save_every", "lr_step_size"}
-_BOOL_KEYS = {"batchnorm", "cuda_graph", "tf32", "drop_last"}
+_BOOL_KEYS = {"batchnorm", "cuda_graph", "tf32", "drop_last", "allow_external_data"}
 _STR_KEYS = {"data", "val", "x_key", "y_key", "optimizer", "lr_schedule", "class_weights",
              "device", "out", "activation"}
 

@@ -11,12 +11,20 @@
 - Memory budget: a split whose float32 X fits :data:`DEFAULT_MEMORY_BUDGET` (2 GiB, or the
   ``memory_budget`` given) is read into memory; a larger one is streamed from the file in
   contiguous slabs, everything the reader holds staying within the budget.
+- Data outside the file: HDF5 soft / external links, virtual datasets and external raw
+  storage are refused unless ``allow_external=True`` (``--allow-external-data``) or inside
+  ``with allow_external_data():``; allowed, each is checked (sources present, whole, regular
+  files) before any data is read.
+- Labels are checked from the metadata (dtype, shape, size against the memory budget) before
+  they are read, in slabs; without class names a class id must be below the number of samples.
 - Every problem with the data raises :class:`gpunet.errors.DataError` with a one-line message.
 
 One module a job:
 
 - :mod:`~gpunet.data.files`: resolving a data argument (a path or the bundled ``digits``),
-  opening HDF5 read-only.
+  opening HDF5 read-only; :func:`allow_external_data`.
+- :mod:`~gpunet.data.storage`: where each dataset lives; links, virtual datasets and external
+  raw storage refused, or checked when allowed (``allow_external``).
 - :mod:`~gpunet.data.layout`: detecting keys and the train / val / test parts of a file.
 - :mod:`~gpunet.data.labels`: label shapes, class ids, class names, the number of classes.
 - :mod:`~gpunet.data.sources`: :class:`ArraySource`, :class:`InMemorySource`,
@@ -34,7 +42,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError as ConfigError
 from ..errors import DataError as DataError
-from .files import BUNDLED_DATASETS, resolve_data_path
+from .files import BUNDLED_DATASETS, allow_external_data, resolve_data_path
 from .holdout import holdout_ranges as holdout_ranges
 from .importers import import_csv, import_npz
 from .inspect import inspect_file
@@ -51,4 +59,5 @@ __all__ = [
     "DEFAULT_MEMORY_BUDGET", "ArraySource", "Dataset", "Standardizer", "InMemorySource",
     "StreamedSource", "resolve_data_path", "open_dataset", "load_split", "validate",
     "make_synthetic", "import_npz", "import_csv", "inspect_file", "BUNDLED_DATASETS",
+    "allow_external_data",
 ]

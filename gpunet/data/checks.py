@@ -19,6 +19,17 @@ def _name(path: str | os.PathLike[str]) -> str:
     return os.path.basename(str(path))
 
 
+def _printable(s: str | bytes) -> str:
+    """``s`` with control and other non-printable characters escaped (``\\x1b``, ``\\n``), so a
+    string from a file cannot move the cursor or forge a line."""
+    if isinstance(s, bytes):
+        s = s.decode("utf-8", "replace")
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in s)
+
+
 def _is_numeric(dtype: np.dtype) -> bool:
     return dtype.kind in "biuf"
 

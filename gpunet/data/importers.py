@@ -220,9 +220,16 @@ def import_csv(src: str | os.PathLike[str], out: str | os.PathLike[str],
                             f"expected {ncol}")
     lc = _label_index(label_column, names, ncol, src)
     feat_cols = [j for j in range(ncol) if j != lc]
-    X = _features(body, feat_cols, names, 1 + bool(header), src)
-    y, classes = _labels([r[lc].strip() for r in body], classes, src)
-    X, labels = _check_xy(X, y, _name(sp), classes)
+    try:
+        X = _features(body, feat_cols, names, 1 + bool(header), src)
+        y, classes = _labels([r[lc].strip() for r in body], classes, src)
+        X, labels = _check_xy(X, y, _name(sp), classes)
+    except DataError as e:
+        if label_column is not None or (names and any(c in names for c in _LABEL_NAMES)):
+            raise
+        col = repr(names[lc]) if names else "the last column"
+        raise DataError(f"{e} (labels were read from {col}; if they are in another column, "
+                        "pass --label-column NAME or INDEX)") from None
     attrs: dict[str, Any] = {"source": _name(sp), "generator": "gpunet data import"}
     if classes is not None:
         attrs["classes"] = list(classes)

@@ -15,6 +15,7 @@ Conventions (docs/architecture.md, "Data files"):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +24,9 @@ import h5py
 import numpy as np
 
 from ..errors import DataError
-from .checks import _is_numeric, _name
-from .labels import _decode_names, normalize_labels
+from .checks import _is_numeric, _name, _printable
+from .labels import MAX_CLASSES, _check_dtype, _class_ids, _decode_names
+from .sources import DEFAULT_MEMORY_BUDGET
 
 #: (X key, y key) pairs, in detection order
 KEY_PAIRS: tuple[tuple[str, str], ...] = (
@@ -33,17 +35,20 @@ KEY_PAIRS: tuple[tuple[str, str], ...] = (
 )
 #: the groups a file may split its data into, in this order
 SPLITS = ("train", "val", "test")
-_ONEHOT_CHUNK = 1_000_000       # rows of a large one-hot label matrix converted at once
+_LABEL_SLAB_BYTES = 16 * 1024**2    # raw label bytes read at once
+
 
 
 def _dataset_paths(f: h5py.File, limit: int = 30) -> list[str]:
+    """The keys of the file's datasets (links to datasets included), escaped, at most ``limit``
+    named. Called once the file's links passed :func:`gpunet.data.storage.check_file`."""
     out: list[str] = []
 
-    def visit(name: str, obj: Any) -> None:
-        if isinstance(obj, h5py.Dataset):
-            out.append(name)
+    def visit(name: str) -> None:
+        if isinstance(f.get(name), h5py.Dataset):
+            out.append(_printable(name))
 
-    f.visititems(visit)
+    f.visit_links(visit)
     if len(out) > limit:
         return out[:limit] + [f"... ({len(out) - limit} more)"]
     return out
@@ -165,6 +170,41 @@ def _find_parts(f: h5py.File, x_key: str | None, y_key: str | None,
     return parts, same
 
 
+def _check_stored(ds: h5py.Dataset, what: str) -> None:
+    """DataError when part of ``ds`` was never written (its values would be the fill value):
+    a chunked dataset missing chunks, a contiguous one with no storage. Metadata only."""
+    if ds.size == 0 or ds.is_virtual or ds.external:
+        return
+    if ds.chunks is not None:
+        need = math.prod(-(-s // c) for s, c in zip(ds.shape, ds.chunks, strict=True))
+        have = ds.id.get_num_chunks()
+        if have < need:
+            raise DataError(f"{what} has {need - have:,} of {need:,} chunks never written; "
+                            "they would read as the fill value")
+    elif ds.id.get_storage_size() == 0:
+        raise DataError(f"{what} has no stored data; it would read as the fill value")
+
+
+def _read_names(obj: Any, where: str) -> list[str]:
+    """Class names in an attribute (``obj`` an AttributeManager) or a dataset, after checking
+    their number from the metadata."""
+    if isinstance(obj, h5py.Dataset):
+        size, what = obj.size, f"dataset {_printable(obj.name)}"
+    else:
+        size, what = obj.get_id("classes").shape, f"attribute 'classes' of {where}"
+        size = math.prod(size) if size else 1
+    if size > MAX_CLASSES:
+        raise DataError(f"{what} names {size:,} classes; at most {MAX_CLASSES:,} are read")
+    if isinstance(obj, h5py.Dataset):
+        _check_stored(obj, f"class names {what}")
+    try:
+        return _decode_names(obj[()] if isinstance(obj, h5py.Dataset) else obj["classes"])
+    except (OSError, TypeError, ValueError) as e:
+        raise DataError(f"cannot read the class names in {what}: "
+                        f"{_printable(str(e).splitlines()[0] if str(e) else type(e).__name__)}"
+                        ) from None
+
+
 def _class_names(f: h5py.File, part: _Part) -> list[str] | None:
     """Names from attribute ``classes`` (y, X, group, file) or a dataset ``list_classes``."""
     group = part.x.rsplit("/", 1)[0] if "/" in part.x else ""
@@ -172,10 +212,10 @@ def _class_names(f: h5py.File, part: _Part) -> list[str] | None:
     objs += [f[part.x], f[group] if group else f, f]
     for o in objs:
         if "classes" in o.attrs:
-            return _decode_names(o.attrs["classes"])
+            return _read_names(o.attrs, _printable(o.name))
     for g in ([f[group]] if group else []) + [f]:
         if _has_ds(g, "list_classes"):
-            return _decode_names(g["list_classes"][()])
+            return _read_names(g["list_classes"], "")
     return None
 
 
@@ -192,37 +232,95 @@ class _PartData:
     has_labels: bool
 
 
-def _read_labels(yds: h5py.Dataset, n: int, where: str) -> tuple[np.ndarray, int]:
-    """Labels of ``yds`` normalized (a large one-hot matrix in row chunks)."""
-    if yds.ndim == 2 and yds.shape[0] == n and yds.shape[1] > 1 and n > _ONEHOT_CHUNK:
-        outs, width = [], 0
-        for a in range(0, n, _ONEHOT_CHUNK):
-            lab, width = normalize_labels(yds[a:a + _ONEHOT_CHUNK], min(n - a, _ONEHOT_CHUNK),
-                                          where)
-            outs.append(lab)
-        return np.concatenate(outs), width
-    try:
-        y = yds[()]
-    except (OSError, TypeError, ValueError) as e:
-        raise DataError(f"cannot read labels {where}: {str(e).splitlines()[0]}") from None
-    return normalize_labels(y, n, where)
+def _label_form(yds: h5py.Dataset, n: int, where: str) -> str:
+    """How labels ``yds`` are laid out for ``n`` samples, from its metadata: ``"rows"``
+    (``(n,)``, ``(n, 1)``), ``"row"`` (``(1, n)``) or ``"onehot"`` (``(n, C)``)."""
+    _check_dtype(yds.dtype, where)
+    shape = yds.shape
+    if len(shape) == 0:
+        raise DataError(f"labels {where} are a single value; expected shape (n,)")
+    if len(shape) == 1 or (len(shape) == 2 and shape[0] == n and shape[1] == 1):
+        form, m = "rows", shape[0]
+    elif len(shape) == 2 and shape[0] == 1 and shape[1] == n:
+        form, m = "row", shape[1]
+    elif len(shape) == 2 and shape[0] == n:
+        form, m = "onehot", n
+        if shape[1] > MAX_CLASSES:
+            raise DataError(f"labels {where} are one-hot with {shape[1]:,} classes; at most "
+                            f"{MAX_CLASSES:,} are read")
+    elif len(shape) == 2 and 1 in shape:
+        form, m = "rows", math.prod(shape)
+    else:
+        raise DataError(f"labels {where} have shape {shape}; expected (n,), (n, 1), (1, n) "
+                        "or one-hot (n, C)")
+    if m != n:
+        raise DataError(f"X has {n} samples but labels {where} have {m}")
+    return form
 
 
-def _check_part(f: h5py.File, part: _Part) -> _PartData:
-    """Check X's dtype and shape, read and check the labels."""
+def _read_labels(yds: h5py.Dataset, n: int, where: str,
+                 memory_budget: int) -> tuple[np.ndarray, int]:
+    """Labels of ``yds`` as int64 class ids and the one-hot width (0 if not one-hot), read in
+    slabs of at most ``_LABEL_SLAB_BYTES``; the ids (8 bytes a sample) must fit the budget.
+    Shape, dtype and size are checked from the metadata before anything is read."""
+    form = _label_form(yds, n, where)
+    if 8 * n > memory_budget:
+        raise DataError(f"labels {where}: {n:,} class ids take {8 * n:,} bytes, more than the "
+                        f"memory budget ({memory_budget:,} bytes)")
+    _check_stored(yds, f"labels {where}")
+    width = int(yds.shape[1]) if form == "onehot" else 0
+    rows = max(1, _LABEL_SLAB_BYTES // (max(width, 1) * yds.dtype.itemsize))
+    out = np.empty(n, dtype=np.int64)
+    for a in range(0, n, rows):
+        z = min(n, a + rows)
+        try:
+            raw = (yds[0, a:z] if form == "row" else yds[a:z] if len(yds.shape) == 1 or
+                   form == "onehot" else yds[a:z].reshape(-1))
+        except (OSError, TypeError, ValueError) as e:
+            raise DataError(f"cannot read labels {where}: "
+                            f"{_printable(str(e).splitlines()[0] if str(e) else '')}") from None
+        if form == "onehot":
+            raw = _from_onehot(raw, f"labels {where} shaped {yds.shape}")
+        out[a:z] = _class_ids(np.asarray(raw).reshape(-1), where, a)
+    return out, width
+
+
+def _from_onehot(y: np.ndarray, what: str) -> np.ndarray:
+    """Rows of a one-hot matrix -> the column of each row's single 1."""
+    if not (np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all()):
+        raise DataError(f"{what} are not one-hot (each row one 1)")
+    return np.argmax(y, axis=1)
+
+
+def _check_x(f: h5py.File, part: _Part) -> h5py.Dataset:
+    """X's dtype, shape and storage, from the metadata."""
     ds = f[part.x]
-    fname = _name(f.filename)
-    if not _is_numeric(ds.dtype):
-        raise DataError(f"X {fname}:{part.x} must be numeric, got dtype {ds.dtype}")
+    what = f"X {_printable(_name(f.filename))}:{_printable(part.x)}"
+    if not isinstance(ds, h5py.Dataset):
+        raise DataError(f"{what} is not a dataset")
+    if not _is_numeric(ds.dtype) or ds.dtype.fields is not None or ds.dtype.shape:
+        raise DataError(f"{what} must be numeric, got dtype {_printable(str(ds.dtype))}")
     if ds.ndim == 0:
-        raise DataError(f"X {fname}:{part.x} is a scalar; expected shape (n, ...)")
+        raise DataError(f"{what} is a scalar; expected shape (n, ...)")
+    if ds.shape[0] == 0:
+        raise DataError(f"empty dataset: {what[2:]} has 0 samples")
+    if math.prod(ds.shape[1:]) == 0:
+        raise DataError(f"{what} has no features (shape {ds.shape})")
+    _check_stored(ds, what)
+    return ds
+
+
+def _check_part(f: h5py.File, part: _Part,
+                memory_budget: int = DEFAULT_MEMORY_BUDGET) -> _PartData:
+    """Check X's dtype, shape and storage, read and check the labels (within the budget)."""
+    ds = _check_x(f, part)
     n = int(ds.shape[0])
     fshape = tuple(int(s) for s in ds.shape[1:])
-    if n == 0:
-        raise DataError(f"empty dataset: {fname}:{part.x} has 0 samples")
-    if int(np.prod(fshape)) == 0:
-        raise DataError(f"X {fname}:{part.x} has no features (shape {ds.shape})")
     if part.y is None:
         return _PartData(part, np.full(n, -1, np.int64), 0, fshape, ds.dtype, n, False)
-    labels, width = _read_labels(f[part.y], n, f"{fname}:{part.y}")
+    yds = f[part.y]
+    where = f"{_printable(_name(f.filename))}:{_printable(part.y)}"
+    if not isinstance(yds, h5py.Dataset):
+        raise DataError(f"labels {where} are not a dataset")
+    labels, width = _read_labels(yds, n, where, memory_budget)
     return _PartData(part, labels, width, fshape, ds.dtype, n, True)

@@ -13,12 +13,16 @@ Conventions (docs/architecture.md, "Data files"):
   yields) stays within the budget; only fixed scratch outside it remains (NumPy's per-operation
   ufunc buffers of at most 64 KiB, h5py's small objects). The budget applies to each split on
   its own.
+- Every open checks where the file's data lives (:mod:`gpunet.data.storage`): a streamed
+  source re-checks links and virtual sources on every pass, with the ``allow_external``
+  setting it was made with.
 - A streamed source reopens the file for every pass, so sources survive ``fork``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 
@@ -27,7 +31,7 @@ import numpy as np
 
 from ..errors import DataError
 from .checks import _check_batch_size, _finite_rows, _name
-from .files import _open_h5
+from .files import _allowed, _open_h5
 from .labels import _check_label_range
 
 #: bytes; a split whose float32 X is larger than this is streamed from the file
@@ -208,9 +212,11 @@ class StreamedSource(ArraySource):
     def __init__(self, path: str | os.PathLike[str], segments: Sequence[Segment],
                  labels: np.ndarray, feature_shape: tuple[int, ...], x_dtype: np.dtype,
                  memory_budget: int, name: str, classes: list[str] | None = None,
-                 has_labels: bool = True) -> None:
+                 has_labels: bool = True, allow_external: bool = False) -> None:
         super().__init__()
         self.path = str(path)
+        # captured now: a pass may run in another thread (docs/architecture.md, "Data files")
+        self.allow_external = _allowed(allow_external)
         self.segments = [(str(k), int(a), int(b)) for k, a, b in segments if b > a]
         self.labels = np.ascontiguousarray(labels, dtype=np.int64)
         self.feature_shape = tuple(int(s) for s in feature_shape)
@@ -270,7 +276,7 @@ class StreamedSource(ArraySource):
     # -- reading
     @contextlib.contextmanager
     def _open(self) -> Iterator[h5py.File]:
-        f = _open_h5(self.path)
+        f = _open_h5(self.path, self.allow_external)
         try:
             yield f
         finally:
@@ -354,15 +360,15 @@ class StreamedSource(ArraySource):
 def _source(f: h5py.File, path: str | os.PathLike[str], segments: Sequence[Segment],
             labels: np.ndarray, feature_shape: tuple[int, ...], x_dtype: np.dtype,
             memory_budget: int, name: str, classes: list[str] | None,
-            has_labels: bool) -> ArraySource:
+            has_labels: bool, allow_external: bool = False) -> ArraySource:
     """The rows ``segments`` of the open file ``f``: read into memory when their float32 X
     (``n * d * 4`` bytes) fits ``memory_budget``, else a :class:`StreamedSource`."""
-    d = int(np.prod(feature_shape))
+    d = math.prod(feature_shape)
     if len(labels) * d * 4 > memory_budget:
         return StreamedSource(path, segments, labels, feature_shape, x_dtype, memory_budget,
-                              name, classes, has_labels)
+                              name, classes, has_labels, allow_external)
     # in memory: read each range straight into the float32 array (HDF5 converts the type)
     reader = StreamedSource(path, segments, labels, feature_shape, x_dtype,
-                            max(memory_budget, 1), name, classes, has_labels)
+                            max(memory_budget, 1), name, classes, has_labels, allow_external)
     return InMemorySource(reader.read_all(f), labels, name, classes, has_labels,
                           feature_shape)

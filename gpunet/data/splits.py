@@ -23,18 +23,19 @@ import h5py
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .checks import _name
-from .files import _open_h5, resolve_data_path
+from .checks import _name, _printable
+from .files import _allowed, _open_h5, resolve_data_path
 from .holdout import holdout_ranges
-from .labels import _check_named, _n_classes
-from .layout import _check_part, _class_names, _find_parts, _PartData
+from .labels import _check_named, _check_unnamed, _n_classes
+from .layout import _check_part, _class_names, _find_parts, _Part, _PartData
 from .sources import DEFAULT_MEMORY_BUDGET, ArraySource, Segment, _source
 
 Rows = list[tuple[int, int]]
 
 
 def _make_multi(f: h5py.File, path: pathlib.Path, items: list[tuple[_PartData, Rows | None]],
-                memory_budget: int, name: str, classes: list[str] | None) -> ArraySource:
+                memory_budget: int, name: str, classes: list[str] | None,
+                allow_external: bool = False) -> ArraySource:
     """One source over the rows ``ranges`` (None: all) of each part in ``items``, in order."""
     segs: list[Segment] = []
     labs: list[np.ndarray] = []
@@ -53,13 +54,14 @@ def _make_multi(f: h5py.File, path: pathlib.Path, items: list[tuple[_PartData, R
     has_labels = all(pd.has_labels for pd, _ in items)
     dtype = items[0][0].dtype if len({pd.dtype for pd, _ in items}) == 1 else np.dtype("f8")
     return _source(f, path, segs, labels, fshape, dtype, memory_budget, name, classes,
-                   has_labels)
+                   has_labels, allow_external)
 
 
 def _make_source(f: h5py.File, path: pathlib.Path, pd: _PartData, ranges: Rows | None,
-                 memory_budget: int, name: str, classes: list[str] | None) -> ArraySource:
+                 memory_budget: int, name: str, classes: list[str] | None,
+                 allow_external: bool = False) -> ArraySource:
     """A source over ``ranges`` of one part (None: all rows)."""
-    return _make_multi(f, path, [(pd, ranges)], memory_budget, name, classes)
+    return _make_multi(f, path, [(pd, ranges)], memory_budget, name, classes, allow_external)
 
 
 @dataclass
@@ -87,21 +89,27 @@ class Dataset:
 
 
 def _load_val_file(val: str | os.PathLike[str], x_key: str | None, y_key: str | None,
-                   memory_budget: int) -> ArraySource:
+                   memory_budget: int, allow_external: bool) -> ArraySource:
     """``val=FILE``: its ``val`` group if it has one, else all of it."""
-    with _open_h5(resolve_data_path(val)) as vf:
+    with _open_h5(resolve_data_path(val), allow_external) as vf:
         has_val = "val" in vf and isinstance(vf["val"], h5py.Group)
     return load_split(val, "val" if has_val else "all", x_key, y_key, val_split=0.0,
-                      memory_budget=memory_budget)
+                      memory_budget=memory_budget, allow_external=allow_external)
 
 
 def _count_classes(path: pathlib.Path, names: list[str] | None, pds: dict[str, _PartData],
                    val_src: ArraySource | None) -> int:
     """``n_classes`` over the file's parts and a validation file; DataError below 2."""
-    n_classes = _n_classes(names, [(pd, f"in {_name(path)}:{pd.part.y}") for pd in pds.values()])
-    if val_src is not None and val_src.has_labels:
+    extra = val_src.n if val_src is not None and val_src.has_labels else 0
+    n_classes = _n_classes(names, [(pd, f"in {_printable(_name(path))}:{_printable(pd.part.y)}")
+                                   for pd in pds.values()], extra)
+    if extra:
+        assert val_src is not None
         if names is not None:
             _check_named(val_src.labels, names, f"in {val_src.name}")
+        else:
+            _check_unnamed(val_src.labels, sum(pd.n for pd in pds.values()) + extra,
+                           f"in {val_src.name}")
         n_classes = max(n_classes, int(val_src.labels.max()) + 1)
     if n_classes < 2:
         raise DataError(f"{_name(path)} has a single class (label 0); a classifier needs "
@@ -126,48 +134,54 @@ def _val_plan(has_val_file: bool, pds: dict[str, _PartData], val_split: float,
 def _training_sources(f: h5py.File, path: pathlib.Path, pds: dict[str, _PartData], same: bool,
                       plan: tuple[str, Rows | None, Rows | None],
                       val_file_src: ArraySource | None, memory_budget: int,
-                      names: list[str] | None
+                      names: list[str] | None, allow_external: bool
                       ) -> tuple[ArraySource, ArraySource | None, ArraySource | None]:
     """(train, val, test) sources of :func:`open_dataset`, features checked against train's."""
     val_source, train_rows, val_rows = plan
-    fname, tr = _name(path), pds["train"]
-    train = _make_source(f, path, tr, train_rows, memory_budget, f"{fname}:train", names)
+    fname, tr = _printable(_name(path)), pds["train"]
+
+    def make(pd: _PartData, rows: Rows | None, split: str) -> ArraySource:
+        return _make_source(f, path, pd, rows, memory_budget, f"{fname}:{split}", names,
+                            allow_external)
+
+    train = make(tr, train_rows, "train")
     val_src: ArraySource | None = None
     if val_source == "file":
         val_src = val_file_src
     elif val_source == "group":
-        val_src = _make_source(f, path, pds["val"], None, memory_budget, f"{fname}:val", names)
+        val_src = make(pds["val"], None, "val")
     elif val_source == "split":
-        val_src = _make_source(f, path, tr, val_rows, memory_budget, f"{fname}:val", names)
-    test = None
-    if "test" in pds and not same:
-        test = _make_source(f, path, pds["test"], None, memory_budget, f"{fname}:test", names)
+        val_src = make(tr, val_rows, "val")
+    test = make(pds["test"], None, "test") if "test" in pds and not same else None
     return train, val_src, test
 
 
 def open_dataset(data: str | os.PathLike[str], x_key: str | None = None,
                  y_key: str | None = None, val: str | os.PathLike[str] | None = None,
                  val_split: float = 0.1, seed: int = 0,
-                 memory_budget: int = DEFAULT_MEMORY_BUDGET) -> Dataset:
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                 allow_external: bool = False) -> Dataset:
     """Open a training dataset: train, validation and test splits, checked.
 
     Validation comes from ``val`` (a file: its ``val`` group if present, else its data), else a
     ``val`` group, else ``val_split`` of the training part (see :func:`holdout_ranges`), else
     none. The test split is the ``test`` group (or the course's ``test_set_x/test_set_y`` beside
-    a training pair), else None.
+    a training pair), else None. Links, virtual datasets and external storage in a file are
+    refused unless ``allow_external`` (or :func:`~gpunet.data.allow_external_data`).
     """
     path = resolve_data_path(data)
-    with _open_h5(path) as f:
+    allow = _allowed(allow_external)
+    with _open_h5(path, allow) as f:
         parts, same = _find_parts(f, x_key, y_key)
-        pds = {s: _check_part(f, p) for s, p in parts.items()}
+        pds = {s: _check_part(f, p, memory_budget) for s, p in parts.items()}
         names = _class_names(f, parts["train"])
-        val_file_src = (_load_val_file(val, x_key, y_key, memory_budget)
+        val_file_src = (_load_val_file(val, x_key, y_key, memory_budget, allow)
                         if val is not None else None)
         n_classes = _count_classes(path, names, pds, val_file_src)
         classes = names if names is not None else [str(i) for i in range(n_classes)]
         plan = _val_plan(val is not None, pds, val_split, seed)
         train, val_src, test = _training_sources(f, path, pds, same, plan, val_file_src,
-                                                 memory_budget, names)
+                                                 memory_budget, names, allow)
     for s in (val_src, test):
         if s is not None and s.n_features != train.n_features:
             raise DataError(f"{s.name} has {s.n_features} features but {train.name} has "
@@ -182,55 +196,60 @@ def open_dataset(data: str | os.PathLike[str], x_key: str | None = None,
 
 def load_split(data: str | os.PathLike[str], split: str = "test", x_key: str | None = None,
                y_key: str | None = None, val_split: float = 0.1, seed: int = 0,
-               memory_budget: int = DEFAULT_MEMORY_BUDGET, labels: bool = True) -> ArraySource:
+               memory_budget: int = DEFAULT_MEMORY_BUDGET, labels: bool = True,
+               allow_external: bool = False) -> ArraySource:
     """One split for eval / predict: ``"train"``, ``"val"``, ``"test"`` or ``"all"``.
 
     ``"train"`` / ``"val"`` without a ``val`` group are the rows :func:`open_dataset` uses for
     the same ``val_split`` and ``seed``; ``"all"`` is every part of the file (train, val, test
     groups, in that order). With ``labels=False`` a file of X only is accepted (labels -1).
+    ``allow_external`` as in :func:`open_dataset`.
     """
     if split not in ("train", "val", "test", "all"):
         raise ConfigError(f"unknown split {split!r}: use train, val, test or all")
     path = resolve_data_path(data)
-    fname = _name(path)
-    with _open_h5(path) as f:
+    fname = _printable(_name(path))
+    allow = _allowed(allow_external)
+    with _open_h5(path, allow) as f:
         parts, same = _find_parts(f, x_key, y_key, require_y=labels)
         names = _class_names(f, parts["train"])
-        name = f"{fname}:{split}"
-        if split == "all":
-            order = ["train"] + [s for s in ("val", "test") if s in parts and not
-                                 (s == "test" and same)]
-            pds = [_check_part(f, parts[s]) for s in order]
-            src = _make_multi(f, path, [(pd, None) for pd in pds], memory_budget, name, names)
-        elif split == "test":
-            if "test" not in parts:
-                raise DataError(f"{fname} has no test split (no 'test' group or "
-                                "test_set_x/test_set_y); use split 'all' for the whole file")
-            src = _make_source(f, path, _check_part(f, parts["test"]), None, memory_budget,
-                               name, names)
-        elif split == "val" and "val" in parts:
-            src = _make_source(f, path, _check_part(f, parts["val"]), None, memory_budget,
-                               name, names)
-        else:
-            pd = _check_part(f, parts["train"])
-            if "val" in parts or val_split == 0:
-                if split == "val":
-                    raise DataError(f"{fname} has no val split (no 'val' group and val_split "
-                                    "is 0)")
-                rows = None
-            else:
-                tr_rows, va_rows = holdout_ranges(pd.n, val_split, seed)
-                rows = tr_rows if split == "train" else va_rows
-            src = _make_source(f, path, pd, rows, memory_budget, name, names)
+        items = _split_items(f, parts, same, split, fname, val_split, seed, memory_budget)
+        src = _make_multi(f, path, items, memory_budget, f"{fname}:{split}", names, allow)
     if names is not None and src.has_labels:
         _check_named(src.labels, names, f"in {src.name}")
     return src
 
 
+def _split_items(f: h5py.File, parts: dict[str, _Part], same: bool, split: str, fname: str,
+                 val_split: float, seed: int, memory_budget: int
+                 ) -> list[tuple[_PartData, Rows | None]]:
+    """The checked parts, and their rows, that make up ``split`` (see :func:`load_split`)."""
+    if split == "all":
+        order = ["train"] + [s for s in ("val", "test") if s in parts and not
+                             (s == "test" and same)]
+        return [(_check_part(f, parts[s], memory_budget), None) for s in order]
+    if split == "test":
+        if "test" not in parts:
+            raise DataError(f"{fname} has no test split (no 'test' group or "
+                            "test_set_x/test_set_y); use split 'all' for the whole file")
+        return [(_check_part(f, parts["test"], memory_budget), None)]
+    if split == "val" and "val" in parts:
+        return [(_check_part(f, parts["val"], memory_budget), None)]
+    pd = _check_part(f, parts["train"], memory_budget)
+    if "val" in parts or val_split == 0:
+        if split == "val":
+            raise DataError(f"{fname} has no val split (no 'val' group and val_split is 0)")
+        return [(pd, None)]
+    tr_rows, va_rows = holdout_ranges(pd.n, val_split, seed)
+    return [(pd, tr_rows if split == "train" else va_rows)]
+
+
 def validate(data: str | os.PathLike[str], x_key: str | None = None, y_key: str | None = None,
-             memory_budget: int = DEFAULT_MEMORY_BUDGET) -> Dataset:
+             memory_budget: int = DEFAULT_MEMORY_BUDGET,
+             allow_external: bool = False) -> Dataset:
     """Open with ``val_split=0`` and read every split once (NaN / inf checked); DataError if bad."""
-    ds = open_dataset(data, x_key, y_key, val_split=0.0, memory_budget=memory_budget)
+    ds = open_dataset(data, x_key, y_key, val_split=0.0, memory_budget=memory_budget,
+                      allow_external=allow_external)
     for s in (ds.train, ds.val, ds.test):
         if s is not None:
             s.feature_stats()

@@ -165,7 +165,8 @@ def _open_dataset(cfg: TrainConfig) -> Any:
     if cfg.memory_budget is not None:
         kw["memory_budget"] = cfg.memory_budget
     return data_mod.open_dataset(cfg.data, x_key=cfg.x_key, y_key=cfg.y_key, val=cfg.val,
-                                 val_split=cfg.val_split, seed=cfg.seed, **kw)
+                                 val_split=cfg.val_split, seed=cfg.seed,
+                                 allow_external=cfg.allow_external_data, **kw)
 
 
 def _check_training_set(cfg: TrainConfig, ds: Any) -> None:

@@ -330,6 +330,7 @@ def _open_data(base: TrainConfig, data: str) -> Any:
 
     ds = open_dataset(base.data, x_key=base.x_key, y_key=base.y_key, val=base.val,
                       val_split=base.val_split, seed=base.seed,
+                      allow_external=base.allow_external_data,
                       **({"memory_budget": base.memory_budget}
                          if base.memory_budget is not None else {}))
     if ds.val is None:
