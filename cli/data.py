@@ -98,7 +98,7 @@ def import_(
 
 
 _ALLOW_EXTERNAL = typer.Option(
-    "--allow-external-data",
+    "--allow-external",
     help="Read HDF5 links, virtual datasets and external raw storage (refused by default); "
          "each is checked first, and a missing source is an error.")
 

@@ -12,7 +12,7 @@ from gpunet.data import allow_external_data as allow_external_data_in
 
 _SPLITS = ("test", "val", "train", "all")
 _ALLOW_EXTERNAL_DATA = typer.Option(
-    False, "--allow-external-data",
+    False, "--allow-external",
     help="Read HDF5 links, virtual datasets and external raw storage in the data (refused by "
          "default); each is checked first, and a missing source is an error.")
 

@@ -108,7 +108,7 @@ _MEMORY_BUDGET = typer.Option(
     None, "--memory-budget", metavar="BYTES",
     help="Read the data into memory up to this size (e.g. 512MB), stream beyond it.")
 _ALLOW_EXTERNAL_DATA = typer.Option(
-    _D.allow_external_data, "--allow-external-data",
+    _D.allow_external_data, "--allow-external",
     help="Read HDF5 links, virtual datasets and external raw storage in the data (refused by "
          "default); each is checked first, and a missing source is an error.")
 _JSON = typer.Option(False, "--json", help="Print one JSON object at the end.")

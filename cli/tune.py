@@ -54,7 +54,7 @@ def tune_command(
         None, "--plot", metavar="FILE.png",
         help="Plot validation accuracy against the learning rate (needs matplotlib)."),
     allow_external_data: bool = typer.Option(
-        False, "--allow-external-data",
+        False, "--allow-external",
         help="Read HDF5 links, virtual datasets and external raw storage in the data (refused "
              "by default); each is checked first, and a missing source is an error."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),

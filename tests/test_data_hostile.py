@@ -116,7 +116,7 @@ KINDS = ["external link", "soft link", "virtual", "external storage"]
 def test_data_outside_the_file_is_refused_by_default(folder, checkpoint, kind):
     path, names = _hostile_files(folder)[kind]
     before = snapshot(folder)
-    pattern = names + ".*--allow-external-data"
+    pattern = names + ".*--allow-external"
     for args in (["train", path, "--epochs", "1", "--out", folder / "r2", "--device", "cpu"],
                  ["eval", checkpoint, "--data", path, "--split", "all", "--device", "cpu"],
                  ["predict", checkpoint, "--data", path, "--out", folder / "p.csv"],
@@ -130,7 +130,7 @@ def test_data_outside_the_file_is_refused_by_default(folder, checkpoint, kind):
     # inspect shows where the data lives and refuses in one error line
     res = cli("data", "inspect", path)
     assert res.exit_code == 2 and "Traceback" not in res.stderr + res.stdout
-    assert res.stderr.count("\n") == 1 and "--allow-external-data" in res.stderr
+    assert res.stderr.count("\n") == 1 and "--allow-external" in res.stderr
     assert kind in res.stdout
     info = json.loads(cli("data", "inspect", path, "--json").stdout)
     assert kind in {d["storage"] for d in info["datasets"]} and info["splits"] == {}
@@ -153,28 +153,28 @@ def test_opt_in_reads_the_same_data_as_the_source(folder, checkpoint, kind):
     Xs = np.concatenate([xb for xb, _ in src.batches(2)])
     np.testing.assert_array_equal(Xs, ref.arrays()[0])
     res = cli("train", path, "--hidden", "4", "--epochs", "1", "--out", folder / "ok",
-              "--device", "cpu", "--quiet", "--allow-external-data")
+              "--device", "cpu", "--quiet", "--allow-external")
     assert res.exit_code == 0, res.stderr
     res = cli("eval", checkpoint, "--data", path, "--split", "all", "--device", "cpu",
-              "--json", "--allow-external-data")
+              "--json", "--allow-external")
     assert res.exit_code == 0, res.stderr
     assert json.loads(res.stdout)["n"] == N
     res = cli("predict", checkpoint, "--data", path, "--out", folder / "p.csv",
-              "--allow-external-data")
+              "--allow-external")
     assert res.exit_code == 0, res.stderr
-    info = json.loads(cli("data", "inspect", path, "--json", "--allow-external-data").stdout)
+    info = json.loads(cli("data", "inspect", path, "--json", "--allow-external").stdout)
     assert info["error"] is None and info["splits"]["train"]["n"] == N
 
 
 def test_a_resumed_run_does_not_inherit_the_permission(folder):
     path, _ = _hostile_files(folder)["virtual"]
     res = cli("train", path, "--hidden", "4", "--epochs", "1", "--out", folder / "r",
-              "--device", "cpu", "--quiet", "--allow-external-data", "--val-split", "0")
+              "--device", "cpu", "--quiet", "--allow-external", "--val-split", "0")
     assert res.exit_code == 0, res.stderr
     before = snapshot(folder)
     res = cli("train", "--resume", folder / "r" / "last.h5", "--epochs", "2", "--device", "cpu",
               "--quiet")
-    assert_one_line_error(res, "virtual dataset.*--allow-external-data")
+    assert_one_line_error(res, "virtual dataset.*--allow-external")
     assert snapshot(folder) == before
 
 
@@ -183,7 +183,7 @@ def _opt_in_error(path: pathlib.Path, pattern: str) -> None:
     with pytest.raises(DataError, match=pattern):
         D.load_split(path, "all", allow_external=True)
     res = cli("train", path, "--epochs", "1", "--out", path.parent / "never", "--device", "cpu",
-              "--allow-external-data")
+              "--allow-external")
     assert_one_line_error(res, pattern)
     assert snapshot(path.parent) == before
 
@@ -233,7 +233,7 @@ def test_dangling_and_looping_links_are_one_line_errors(folder):
         base.update(items)
         p = write(folder / "links.h5", **base)
         _opt_in_error(p, pattern)
-        assert_one_line_error(cli("train", p, "--device", "cpu"), "--allow-external-data")
+        assert_one_line_error(cli("train", p, "--device", "cpu"), "--allow-external")
 
 
 def test_external_storage_must_be_a_regular_file_long_enough(folder):
@@ -259,7 +259,7 @@ def test_an_external_link_to_a_fifo_does_not_block(folder):
     X, y = _xy()
     p = write(folder / "f.h5", X=h5py.ExternalLink("pipe.h5", "/X"), y=y)
     before = snapshot(folder)
-    for extra in ([], ["--allow-external-data"]):
+    for extra in ([], ["--allow-external"]):
         r = run_cli("train", p, "--device", "cpu", "--out", folder / "r", *extra, timeout=60,
                     cwd=folder)
         assert_one_line_error(r, "pipe.h5")

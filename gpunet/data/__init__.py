@@ -12,7 +12,7 @@
   ``memory_budget`` given) is read into memory; a larger one is streamed from the file in
   contiguous slabs, everything the reader holds staying within the budget.
 - Data outside the file: HDF5 soft / external links, virtual datasets and external raw
-  storage are refused unless ``allow_external=True`` (``--allow-external-data``) or inside
+  storage are refused unless ``allow_external=True`` (``--allow-external``) or inside
   ``with allow_external_data():``; allowed, each is checked (sources present, whole, regular
   files) before any data is read.
 - Labels are checked from the metadata (dtype, shape, size against the memory budget) before

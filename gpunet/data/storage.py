@@ -7,7 +7,7 @@ Rules (docs/architecture.md, "Data files"):
   user-defined link, a virtual dataset or a dataset with external raw storage anywhere in the
   file is refused with a one-line :class:`~gpunet.errors.DataError` naming the dataset and
   what it points to. Only metadata is read to find them; nothing outside the file is opened.
-- ``allow_external=True`` (``--allow-external-data``) reads them, after checking each one
+- ``allow_external=True`` (``--allow-external``) reads them, after checking each one
   without reading any data: a soft link must resolve (dangling and looping links are errors);
   an external link must reach a regular HDF5 file and a dataset stored in it; every source of
   a virtual dataset must be a regular HDF5 file holding the source dataset with enough
@@ -39,7 +39,7 @@ from .checks import _name, _printable
 PLAIN = ("contiguous", "chunked", "compact")
 _LAYOUTS = {h5py.h5d.CONTIGUOUS: "contiguous", h5py.h5d.CHUNKED: "chunked",
             h5py.h5d.COMPACT: "compact"}
-_HINT = "pass --allow-external-data (allow_external=True) to read it"
+_HINT = "pass --allow-external (allow_external=True) to read it"
 _MAX_LISTED = 8                     # sources / files named in one description
 _MASK_LIMIT = 1 << 24               # elements: coverage of odd mappings checked with a mask
 
