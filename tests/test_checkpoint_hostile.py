@@ -274,6 +274,9 @@ def cases(tmp: Path) -> dict[str, tuple]:
                                                            r"has 3"),
         "val_split a string": (_meta_edit("data.val_split", "x"), r"data\.val_split: expected "
                                                                   r"a number"),
+        "sklearn classes dtype": (_meta_edit("extra", {"sklearn": {"classes_dtype":
+                                                                   "V1000000000"}}),
+                                  r"classes_dtype: 'V1000000000' is not of the form"),
         "deeply nested extra": (_meta_edit("extra", _deep(40)), r"nested more than 32 deep"),
         "missing rng": (_meta_edit("rng", ...), r"metadata: 'rng' is missing"),
         "unknown metadata key": (_meta_edit("evil", 1), r"unexpected key 'evil'"),

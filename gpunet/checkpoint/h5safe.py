@@ -52,7 +52,8 @@ def links(where: str, gid: Any) -> dict[str, tuple[int, Any]]:
         if kind != h5l.TYPE_HARD:
             what = _LINK_KIND.get(kind, "a user-defined link")
             raise CheckpointError(f"checkpoint {where} holds {what} {show(name)}: a checkpoint "
-                                  "never refers outside itself; refused")
+                                  "has no links (they can point outside it, dangle or loop); "
+                                  "refused")
         obj = h5o.open(gid, name)
         out[name.decode("utf-8", "replace")] = (h5o.get_info(obj).type, obj)
     return out

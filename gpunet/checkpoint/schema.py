@@ -11,6 +11,7 @@ must be stored in the file, 4 bytes each.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +88,18 @@ class Str:
             raise _Bad(where, f"a string of {len(v)} characters (at most {self.max_len})")
         if self.choices and v not in self.choices:
             raise _Bad(where, f"{v[:40]!r} is not one of {', '.join(self.choices)}")
+
+
+@dataclass(frozen=True)
+class Match:
+    """A string matching ``pattern`` (whole)."""
+
+    pattern: str
+
+    def check(self, v: Any, where: str, depth: int) -> None:
+        Str(64).check(v, where, depth)
+        if re.fullmatch(self.pattern, v) is None:
+            raise _Bad(where, f"{v!r} is not of the form {self.pattern}")
 
 
 @dataclass(frozen=True)
@@ -217,6 +230,16 @@ DATA = Obj({
 }, ANY)
 
 
+#: what ``gpunet.sklearn.MLPClassifier.save`` puts in ``extra["sklearn"]``; the dtype of
+#: ``classes_`` is limited to small plain kinds (a ``V1000000000`` would allocate per class)
+SKLEARN = Obj({
+    "params": (Obj({}, ANY), False), "classes": (List(ANY), False),
+    "classes_dtype": (Match(r"[<>|=]?(?:[US]\d{1,5}|[iuf][1248]|b1|O)"), False),
+    "n_iter": (COUNT, False), "loss_curve": (List(Float()), False),
+    "feature_names_in": (Null(List(Str())), False),
+}, ANY)
+
+
 def metadata_spec() -> Obj:
     """The declarative table of a checkpoint's metadata object (every key required)."""
     return Obj({
@@ -229,7 +252,7 @@ def metadata_spec() -> Obj:
         "rng": (Obj({"shuffle_epoch_start": (RNG_STATE, False),
                      "dropout": (RNG_STATE, False)}, ANY), True),
         "optimizer": (Obj({}, ANY), True),
-        "extra": (Obj({}, ANY), True),
+        "extra": (Obj({"sklearn": (SKLEARN, False)}, ANY), True),
         "created": (Str(64), True),
     })
 
