@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from gpunet import checkpoint as ck
 from gpunet import fileio
+from gpunet.errors import CheckpointError
 from gpunet.lock import FolderLock
 from gpunet.train.runfolder import MARKER
 
@@ -196,10 +197,23 @@ def test_a_rejected_or_no_op_resume_writes_nothing(data, run, tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("progress, pattern", [
+    ({"epoch": -1}, r"progress\.epoch: -1 is outside"),
+    ({"status": "zombie"}, r"progress\.status: 'zombie' is not one of"),
+])
+def test_a_progress_record_outside_the_schema_cannot_be_saved(run, progress, pattern):
+    """The checkpoint schema refuses these already at save (and, forged, at load:
+    tests/test_checkpoint_hostile.py); the run's own consistency checks follow below."""
+    c = ck.load(run / "last.h5")
+    before = (run / "last.h5").read_bytes()
+    c.progress.update(progress)
+    with pytest.raises(CheckpointError, match=pattern):
+        ck.save(run / "last.h5", c)
+    assert (run / "last.h5").read_bytes() == before
+
+
+@pytest.mark.parametrize("progress, pattern", [
     ({"batch": 10**6}, r"batch 1000000 of an epoch"),
-    ({"epoch": -1}, r"bad progress record"),
     ({"step": 1}, r"inconsistent progress record"),
-    ({"status": "zombie"}, r"bad progress record"),
     ({"best_epoch": 99}, r"inconsistent progress record"),
     ({"epoch_loss_sum": float("nan")}, r"bad progress record"),
 ])
