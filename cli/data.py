@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import pathlib
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -11,6 +10,7 @@ import typer
 
 from gpunet import data as gdata
 from gpunet.errors import DataError, GpunetError
+from gpunet.text import escape, json_line, one_line
 
 data_app = typer.Typer(
     help="Make, import and inspect HDF5 datasets (X: (n, ...) numeric, y: class ids).",
@@ -24,7 +24,7 @@ def _run(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except GpunetError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {escape(one_line(str(e)))}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -34,11 +34,11 @@ def _classes(value: str | None) -> list[str] | None:
 
 def _echo_summary(info: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        typer.echo(json.dumps(info))
+        typer.echo(json_line(info))
         return
     parts = ", ".join(f"{s} {v['n']} x {v['x_shape'][1:]} {v['x_dtype']}"
                       for s, v in info["splits"].items())
-    typer.echo(f"wrote {info['path']}: {parts}")
+    typer.echo(f"wrote {escape(info['path'])}: {parts}")
 
 
 @data_app.command("make")
@@ -105,26 +105,29 @@ def inspect(
     """Show keys, shapes, dtypes, the detected splits and keys, and class counts."""
     info = _run(lambda: gdata.inspect_file(data, x_key=x_key, y_key=y_key))
     if as_json:
-        typer.echo(json.dumps(info))
+        typer.echo(json_line(info))
     else:
-        typer.echo(f"{info['path']} ({info['bytes']:,} bytes)")
+        typer.echo(f"{escape(info['path'])} ({info['bytes']:,} bytes)")
         for k, v in info["attrs"].items():
             text = ", ".join(map(str, v)) if isinstance(v, list) else str(v)
-            typer.echo(f"  @{k}: {text if len(text) <= 90 else text[:87] + '...'}")
-        w = max((len(d["key"]) for d in info["datasets"]), default=0)
+            text = escape(text if len(text) <= 90 else text[:87] + "...")
+            typer.echo(f"  @{escape(k)}: {text}")
+        w = max((len(escape(d["key"])) for d in info["datasets"]), default=0)
         for d in info["datasets"]:
-            typer.echo(f"  {d['key']:<{w}}  {str(tuple(d['shape'])):<14} {d['dtype']}")
+            typer.echo(f"  {escape(d['key']):<{w}}  {str(tuple(d['shape'])):<14} {d['dtype']}")
         for s, v in info["splits"].items():
-            y = v["y_key"] or "(no labels)"
+            y = escape(v["y_key"]) if v["y_key"] else "(no labels)"
             same = ", same data as train" if v["same_as_train"] else ""
-            typer.echo(f"{s}: {v['x_key']} / {y}: n={v['n']:,}, features={v['n_features']}, "
-                       f"labels {v['labels']}{same}")
+            typer.echo(f"{s}: {escape(v['x_key'])} / {y}: n={v['n']:,}, "
+                       f"features={v['n_features']}, labels {v['labels']}{same}")
             typer.echo("  class counts: " + " ".join(
-                f"{c}:{k}" for c, k in zip(info["classes"], v["class_counts"], strict=True)))
+                f"{escape(c)}:{k}"
+                for c, k in zip(info["classes"], v["class_counts"], strict=True)))
         if info["splits"] and "val" not in info["splits"]:
             typer.echo("val: none in the file (training holds out --val-split of train)")
         if info["classes"] is not None:
-            typer.echo(f"classes ({info['n_classes']}): {', '.join(info['classes'])}")
+            typer.echo(f"classes ({info['n_classes']}): "
+                       f"{', '.join(escape(c) for c in info['classes'])}")
     if info["error"]:
-        typer.echo(f"error: {info['error']}", err=True)
+        typer.echo(f"error: {escape(one_line(info['error']))}", err=True)
         raise typer.Exit(2)

@@ -3,7 +3,13 @@
 The default backend comes from the ``GPUNET_DEVICE`` environment variable (``auto`` when
 unset). ``auto`` tries CuPy, a device count and a tiny kernel compile, and falls back to NumPy
 with one warning that says why; an explicit ``gpu`` that cannot be had raises
-``BackendUnavailableError`` naming what to install.
+``BackendUnavailableError`` naming what to install. The fallback's reason stays available to
+``device_label``, which the command line puts in the header line naming the device instead of
+printing the warning on every command.
+
+``GPUNET_THREADS=N`` bounds every thread pool: the NumPy backend's own (``cpu/pool.py``) and,
+through threadpoolctl, every BLAS and OpenMP library loaded in the process when a backend is
+made (``cpu/pool.py``, ``bound_native_threads``).
 """
 
 from __future__ import annotations
@@ -15,15 +21,19 @@ from collections.abc import Iterator
 
 from ..errors import ConfigError, GpunetError
 from .base import Array, Backend, BatchTooSmallError
-from .numpy_backend import NumpyBackend
+from .cpu.pool import bound_native_threads
+from .numpy_backend import NumpyBackend, env_threads
 
 __all__ = [
     "Array",
     "Backend",
     "BackendUnavailableError",
     "BatchTooSmallError",
+    "NoGpuWarning",
     "NumpyBackend",
     "current_backend",
+    "device_label",
+    "fallback_reason",
     "get_backend",
     "use_backend",
 ]
@@ -37,8 +47,27 @@ class BackendUnavailableError(GpunetError, RuntimeError):
     """An explicitly requested backend cannot be used here."""
 
 
+class NoGpuWarning(RuntimeWarning):
+    """``auto`` found no usable GPU and fell back to the NumPy CPU backend."""
+
+
 _cache: dict[str, Backend] = {}
 _stack: list[Backend] = []
+#: why ``auto`` fell back to the CPU in this process (None: it has not)
+_fallback: list[str] = []
+
+
+def fallback_reason() -> str | None:
+    """Why ``get_backend("auto")`` fell back to the CPU in this process, or None if it has
+    not (or has not been asked)."""
+    return _fallback[-1] if _fallback else None
+
+
+def device_label(name: str) -> str:
+    """A backend's name for a header line: ``"cpu (no usable GPU: CuPy is not installed)"``
+    when ``auto`` fell back to the CPU in this process, else ``name`` itself."""
+    reason = fallback_reason()
+    return f"{name} (no usable GPU: {reason})" if name == "cpu" and reason else name
 
 
 def _probe_gpu(device: int) -> Backend:
@@ -84,9 +113,10 @@ def get_backend(spec: str | Backend | None = None) -> Backend:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if isinstance(exc, ImportError):
                 reason = "CuPy is not installed"
+            _fallback.append(reason)
             warnings.warn(
                 f"gpunet: no usable GPU ({reason}); using the NumPy CPU backend",
-                RuntimeWarning,
+                NoGpuWarning,
                 stacklevel=2,
             )
             be = get_backend("cpu")
@@ -110,6 +140,9 @@ def get_backend(spec: str | Backend | None = None) -> Backend:
             ) from None
     else:
         raise ConfigError(f"unknown device {spec!r}: use auto, cpu, gpu or gpu:N")
+    threads = env_threads()
+    if threads is not None:  # after CuPy (and its libraries) loaded
+        bound_native_threads(threads)
     _cache[spec] = be
     return be
 
