@@ -11,10 +11,12 @@ exit code 141.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import typer
@@ -85,7 +87,8 @@ class GpunetGroup(TyperGroup):
     def main(self, *args: Any, **kwargs: Any) -> Any:
         try:
             try:
-                return super().main(*args, **kwargs)
+                with _rich_pipe_exit():
+                    return super().main(*args, **kwargs)
             finally:
                 _flush_stdout()
         except BrokenPipeError:
@@ -99,7 +102,7 @@ class GpunetGroup(TyperGroup):
                 warnings.simplefilter("ignore", NoGpuWarning)
                 return super().invoke(ctx)
         except BrokenPipeError:
-            raise
+            _stdout_closed()
         except GpunetError as e:
             fail(str(e))
         except OSError as e:
@@ -115,6 +118,24 @@ class GpunetGroup(TyperGroup):
             raise
         finally:
             warnings.showwarning = old
+
+
+@contextlib.contextmanager
+def _rich_pipe_exit() -> Iterator[None]:
+    """While the command runs, Rich consoles (help pages, tables) whose reader has gone exit
+    like the rest of the command line (``_stdout_closed``: 141) instead of with Rich's 1,
+    through Rich's documented ``Console.on_broken_pipe`` hook."""
+    try:
+        from rich.console import Console
+    except ImportError:
+        yield
+        return
+    old = Console.on_broken_pipe
+    Console.on_broken_pipe = lambda self: _stdout_closed()  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Console.on_broken_pipe = old  # type: ignore[method-assign]
 
 
 def _flush_stdout() -> None:

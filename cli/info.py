@@ -39,8 +39,9 @@ def collect_info() -> dict[str, Any]:
         except Exception as e:  # noqa: BLE001 - info must not crash
             backend, device = "cpu", f"unavailable ({e})"
     note = "; ".join(str(w.message) for w in caught) or None
-    if note is None and backend == "cpu" and gpunet.backend.fallback_reason():
-        note = f"no usable GPU ({gpunet.backend.fallback_reason()})"
+    reason = gpunet.backend.fallback_reason()
+    if note is None and backend == "cpu" and reason:  # warned earlier in this process
+        note = f"gpunet: no usable GPU ({reason}); using the NumPy CPU backend"
     cupy_version = None
     for dist in ("cupy-cuda12x", "cupy-cuda13x", "cupy-cuda11x", "cupy"):
         cupy_version = cupy_version or _version(dist)

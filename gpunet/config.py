@@ -239,13 +239,20 @@ def _read_bounded(p: Path, what: str) -> bytes:
         raise ConfigError(f"{what} {p} is a directory") from None
     except ValueError:  # an embedded NUL byte
         raise ConfigError(f"{what} path {short_repr(str(p))} is not a valid path") from None
-    with os.fdopen(fd, "rb") as f:
+    try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
             raise ConfigError(f"{what} {p} is a directory")
         if not stat.S_ISREG(mode):
             raise ConfigError(f"{what} {p} is not a regular file")
-        data = f.read(MAX_TOML_BYTES + 1)
+        chunks: list[bytes] = []
+        left = MAX_TOML_BYTES + 1
+        while left > 0 and (chunk := os.read(fd, left)):
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+    finally:
+        os.close(fd)
     if len(data) > MAX_TOML_BYTES:
         raise ConfigError(f"{what} {p} is larger than {MAX_TOML_BYTES >> 20} MiB")
     return data

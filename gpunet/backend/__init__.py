@@ -53,19 +53,23 @@ class NoGpuWarning(RuntimeWarning):
 
 _cache: dict[str, Backend] = {}
 _stack: list[Backend] = []
-#: why ``auto`` fell back to the CPU in this process (None: it has not)
-_fallback: list[str] = []
+#: why ``auto`` fell back to the CPU, by spec (only "auto" falls back)
+_fallbacks: dict[str, str] = {}
+#: the reason the latest ``get_backend`` call by name fell back to the CPU (None: it did not)
+_latest: list[str | None] = [None]
 
 
 def fallback_reason() -> str | None:
-    """Why ``get_backend("auto")`` fell back to the CPU in this process, or None if it has
-    not (or has not been asked)."""
-    return _fallback[-1] if _fallback else None
+    """Why the latest ``get_backend`` call by name (``"auto"``, ``"cpu"``...; a ``Backend``
+    passed in does not count) fell back to the CPU, or None if it did not: ``auto`` without
+    a usable GPU."""
+    return _latest[0]
 
 
 def device_label(name: str) -> str:
     """A backend's name for a header line: ``"cpu (no usable GPU: CuPy is not installed)"``
-    when ``auto`` fell back to the CPU in this process, else ``name`` itself."""
+    when the latest ``get_backend`` call by name was ``auto`` falling back to the CPU (a run
+    asks for its device just before it starts), else ``name`` itself."""
     reason = fallback_reason()
     return f"{name} (no usable GPU: {reason})" if name == "cpu" and reason else name
 
@@ -102,6 +106,7 @@ def get_backend(spec: str | Backend | None = None) -> Backend:
             return _stack[-1]
         spec = os.environ.get("GPUNET_DEVICE", "auto")
     spec = spec.strip().lower()
+    _latest[0] = _fallbacks.get(spec)
     if spec in _cache:
         return _cache[spec]
     if spec in ("cpu", "numpy"):
@@ -113,13 +118,13 @@ def get_backend(spec: str | Backend | None = None) -> Backend:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if isinstance(exc, ImportError):
                 reason = "CuPy is not installed"
-            _fallback.append(reason)
             warnings.warn(
                 f"gpunet: no usable GPU ({reason}); using the NumPy CPU backend",
                 NoGpuWarning,
                 stacklevel=2,
             )
             be = get_backend("cpu")
+            _fallbacks[spec] = _latest[0] = reason
     elif spec == "gpu" or spec.startswith("gpu:") or spec in ("cuda", "cupy"):
         index = 0
         if ":" in spec:
