@@ -102,7 +102,7 @@ class TrainConfig:
         for key, value in d.items():
             k = key.replace("-", "_")
             if k not in known:
-                raise ConfigError(f"unknown key {key!r} in {source}; known keys: "
+                raise ConfigError(f"unknown key {short_repr(key)} in {source}; known keys: "
                                   + ", ".join(sorted(known)))
             setattr(cfg, k, _coerce(k, value, source))
         return cfg
@@ -118,7 +118,7 @@ class TrainConfig:
         """Fill optimizer / schedule defaults, check every value; return the result."""
         cfg = TrainConfig(**asdict(self))
         if cfg.optimizer not in OPTIMIZER_DEFAULTS:
-            raise ConfigError(f"unknown optimizer {cfg.optimizer!r}: use "
+            raise ConfigError(f"unknown optimizer {short_repr(cfg.optimizer)}: use "
                               + ", ".join(OPTIMIZER_DEFAULTS))
         for k, v in OPTIMIZER_DEFAULTS[cfg.optimizer].items():
             if getattr(cfg, k) is None:
