@@ -272,8 +272,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 #: the largest value an integer setting may take (it must fit a signed 64-bit integer)
 MAX_INT = 2**63 - 1
-#: seeds are unsigned 64-bit integers
-MAX_SEED = 2**64 - 1
+#: seeds are integers in 0..2**63 - 1 (config.toml stores them as TOML integers: 64-bit signed)
+MAX_SEED = 2**63 - 1
 #: the most epochs a run may have
 MAX_EPOCHS = 1_000_000
 #: the largest batch size and hidden width (one array dimension)

@@ -69,6 +69,7 @@ HUGE = str(2**70)
 TRAIN_OPTIONS = [
     (["--seed", "-1"], r"--seed must be >= 0"),
     (["--seed", BIG], r"--seed must be at most"),
+    (["--seed", str(2**63)], r"--seed must be at most 9223372036854775807"),
     (["--seed", "1e30"], r"Invalid value for '--seed'"),
     (["--seed", "abc"], r"Invalid value for '--seed'"),
     (["--batch-size", "0"], r"--batch-size must be >= 1"),
@@ -228,7 +229,7 @@ def test_config_value_of_any_magnitude_or_shape_is_one_line(text, pattern, tmp_p
 def test_config_values_at_the_limits_are_accepted(tmp_path):
     """The largest seed, a batch larger than the data and a huge memory budget train."""
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'seed = {2**64 - 1}\nbatch_size = 5000\nmemory_budget = "1000TB"\n'
+    cfg.write_text(f'seed = {2**63 - 1}\nbatch_size = 5000\nmemory_budget = "1000TB"\n'
                    f"epochs = 1\nhidden = [8]\npatience = {2**63 - 1}\n")
     r = invoke("train", "digits", "--out", tmp_path / "run", "--device", "cpu", "--config",
                cfg, "--json")

@@ -90,8 +90,8 @@ def make_synthetic(kind: str, out: str | os.PathLike[str], n: int = 1000, classe
     remainder to the first ones); the test split is stratified. Returns a summary.
     """
     noise = _check_args(kind, n, classes, features, noise, test_fraction)
-    if not 0 <= seed <= 2**64 - 1:
-        raise ConfigError(f"seed must be in 0..2**64 - 1, got {seed}")
+    if not 0 <= seed <= 2**63 - 1:
+        raise ConfigError(f"seed must be in 0..2**63 - 1, got {seed}")
     rng = np.random.default_rng(seed)
     counts = [n // classes + (1 if k < n % classes else 0) for k in range(classes)]
     Xs = (_blobs if kind == "blobs" else _spirals)(rng, counts, features, noise)
