@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import pathlib
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -11,8 +10,8 @@ import typer
 
 from gpunet import data as gdata
 from gpunet.config import parse_size
-from gpunet.data.checks import _printable
 from gpunet.errors import DataError, GpunetError
+from gpunet.text import escape, json_line, one_line
 
 data_app = typer.Typer(
     help="Make, import and inspect HDF5 datasets (X: (n, ...) numeric, y: class ids).",
@@ -26,7 +25,7 @@ def _run(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except GpunetError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {escape(one_line(str(e)))}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -36,11 +35,11 @@ def _classes(value: str | None) -> list[str] | None:
 
 def _echo_summary(info: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        typer.echo(json.dumps(info))
+        typer.echo(json_line(info))
         return
     parts = ", ".join(f"{s} {v['n']} x {v['x_shape'][1:]} {v['x_dtype']}"
                       for s, v in info["splits"].items())
-    typer.echo(f"wrote {info['path']}: {parts}")
+    typer.echo(f"wrote {escape(info['path'])}: {parts}")
 
 
 @data_app.command("make")
@@ -104,8 +103,8 @@ _ALLOW_EXTERNAL = typer.Option(
 
 
 def _show(s: object) -> str:
-    """A string from a file, control characters escaped."""
-    return _printable(str(s))
+    """A string from a file, control characters escaped (``gpunet.text.escape``)."""
+    return escape(s)
 
 
 def _where(d: dict[str, Any]) -> str:
@@ -158,7 +157,7 @@ def inspect(
 
     info = _run(go)
     if as_json:
-        typer.echo(json.dumps(info))
+        typer.echo(json_line(info))
     else:
         _echo_inspect(info)
     if info["error"]:

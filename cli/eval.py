@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import typer
 
-from gpunet.config import parse_size
+from gpunet.config import MAX_DIM, parse_size
 from gpunet.data import allow_external_data as allow_external_data_in
+from gpunet.errors import ConfigError
+from gpunet.text import escape, json_line
 
 _SPLITS = ("test", "val", "train", "all")
 _ALLOW_EXTERNAL_DATA = typer.Option(
@@ -38,33 +39,39 @@ def eval_command(
 ) -> None:
     """Evaluate a checkpoint with batch norm's inference statistics: accuracy, loss,
     per-class precision / recall / f1 and the confusion matrix."""
-    from gpunet.errors import ConfigError
     from gpunet.train import evaluate_checkpoint
 
     if split is not None and split not in _SPLITS:
         raise ConfigError(f"unknown --split {split!r}: use {', '.join(_SPLITS)}")
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    _check_batch_size(batch_size)
     with allow_external_data_in(allow_external_data):
         res = evaluate_checkpoint(
             checkpoint, data, split, batch_size=batch_size, device=device, x_key=x_key,
             y_key=y_key, memory_budget=parse_size(memory_budget) if memory_budget else None)
     if json_out:
-        typer.echo(json.dumps(res))
+        typer.echo(json_line(res))
         return
     for line in format_report(res):
         typer.echo(line)
 
 
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if batch_size > MAX_DIM:
+        raise ConfigError(f"--batch-size must be at most {MAX_DIM}, got {batch_size}")
+
+
 def format_report(res: dict[str, Any]) -> list[str]:
-    """The human-readable evaluation report."""
-    lines = [f"{res['checkpoint']} (epoch {res['epoch']}) on {res['data']} [{res['split']}]",
+    """The human-readable evaluation report (text from files escaped: ``gpunet.text``)."""
+    lines = [f"{escape(res['checkpoint'])} (epoch {res['epoch']}) on {escape(res['data'])} "
+             f"[{res['split']}]",
              f"accuracy {res['accuracy']:.4f}  loss {res['loss']:.4f}  n {res['n']}  "
              f"macro f1 {res['macro_f1']:.4f}", ""]
-    names = list(res["per_class"])
+    names = [escape(n) for n in res["per_class"]]
     w = max([5] + [len(n) for n in names])
     lines.append(f"{'class':<{w}}  precision  recall      f1  support")
-    for name, m in res["per_class"].items():
+    for name, m in zip(names, res["per_class"].values(), strict=True):
         lines.append(f"{name:<{w}}  {m['precision']:9.4f}  {m['recall']:6.4f}  {m['f1']:6.4f}"
                      f"  {m['support']:7d}")
     lines.append("")
@@ -94,20 +101,18 @@ def predict_command(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Predict classes (and probabilities) for a data file with a checkpoint."""
-    from gpunet.errors import ConfigError
     from gpunet.train import predict_checkpoint
 
     if split not in _SPLITS:
         raise ConfigError(f"unknown --split {split!r}: use {', '.join(_SPLITS)}")
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    _check_batch_size(batch_size)
     with allow_external_data_in(allow_external_data):
         res = predict_checkpoint(
             checkpoint, data, out, proba=proba, split=split, batch_size=batch_size,
             device=device, x_key=x_key, y_key=y_key,
             memory_budget=parse_size(memory_budget) if memory_budget else None)
     if json_out:
-        typer.echo(json.dumps(res))
+        typer.echo(json_line(res))
     else:
-        counts = ", ".join(f"{k}: {v}" for k, v in res["counts"].items())
-        typer.echo(f"wrote {res['n']} predictions to {res['out']} ({counts})")
+        counts = ", ".join(f"{escape(k)}: {v}" for k, v in res["counts"].items())
+        typer.echo(f"wrote {res['n']} predictions to {escape(res['out'])} ({counts})")

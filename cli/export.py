@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import typer
+
+from gpunet.text import escape, json_line
 
 
 def export_command(
@@ -34,8 +34,8 @@ def export_command(
     res = export_checkpoint(checkpoint, fmt, out, opset=opset or DEFAULT_OPSET,
                             fold_batchnorm=fold_batchnorm)
     if json_out:
-        typer.echo(json.dumps(res))
+        typer.echo(json_line(res))
         return
     extra = f", opset {res['opset']}, dynamic batch" if res["format"] == "onnx" else ""
-    typer.echo(f"wrote {res['out']} ({res['format']}{extra}, {res['in_features']} inputs, "
+    typer.echo(f"wrote {escape(res['out'])} ({res['format']}{extra}, {res['in_features']} inputs, "
                f"{len(res['classes'])} classes, {res['bytes']:,} bytes)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -12,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
+
+from gpunet.text import escape, json_line
 
 
 def kernel_cache_dir() -> str:
@@ -38,6 +39,9 @@ def collect_info() -> dict[str, Any]:
         except Exception as e:  # noqa: BLE001 - info must not crash
             backend, device = "cpu", f"unavailable ({e})"
     note = "; ".join(str(w.message) for w in caught) or None
+    reason = gpunet.backend.fallback_reason()
+    if note is None and backend == "cpu" and reason:  # warned earlier in this process
+        note = f"gpunet: no usable GPU ({reason}); using the NumPy CPU backend"
     cupy_version = None
     for dist in ("cupy-cuda12x", "cupy-cuda13x", "cupy-cuda11x", "cupy"):
         cupy_version = cupy_version or _version(dist)
@@ -96,9 +100,9 @@ def info_command(
     """Show the backend gpunet would use, the device, versions and the kernel cache."""
     info = collect_info()
     if json_out:
-        typer.echo(json.dumps(info))
+        typer.echo(json_line(info))
         return
     width = max(len(k) for k in info)
     for k, v in info.items():
         if v is not None:
-            typer.echo(f"{k:<{width}}  {v}")
+            typer.echo(f"{k:<{width}}  {escape(v)}")

@@ -14,8 +14,10 @@ from typing import Any
 
 import typer
 
+from gpunet.backend import device_label
 from gpunet.config import ACTIVATIONS, OPTIMIZER_DEFAULTS, SCHEDULES, TrainConfig, load_toml
 from gpunet.errors import ConfigError
+from gpunet.text import escape
 
 #: command-line parameters that are configuration keys (the rest: config, resume, json, quiet);
 #: every ``TrainConfig`` key but ``data``, which is the DATA argument
@@ -328,8 +330,9 @@ def terminal_width() -> int:
 
 def _start_line(info: dict[str, Any]) -> str:
     what = "resuming" if info["resumed"] else "training"
-    return (f"{what} on {info['device']}: {info['n_train']:,} samples, {info['batches']} "
-            f"batches/epoch, {info['params']:,} parameters -> {info['out']}")
+    return (f"{what} on {device_label(info['device'])}: {info['n_train']:,} samples, "
+            f"{info['batches']} batches/epoch, {info['params']:,} parameters -> "
+            f"{escape(info['out'])}")
 
 
 def _end_lines(s: dict[str, Any]) -> list[str]:
@@ -342,7 +345,7 @@ def _end_lines(s: dict[str, Any]) -> list[str]:
     if s.get("test_accuracy") is not None:
         lines.append(f"test accuracy {s['test_accuracy']:.4f} (loss {s['test_loss']:.4f}, "
                      f"n={s['test_n']}) with best.h5")
-    lines.append(f"saved {s['last']} and {s['best']} in {s['seconds']:.1f}s")
+    lines.append(f"saved {escape(s['last'])} and {escape(s['best'])} in {s['seconds']:.1f}s")
     return lines
 
 
@@ -390,7 +393,7 @@ class _Rich(_Plain):
         self.started = False
 
     def on_start(self, info: dict[str, Any]) -> None:
-        self.console.print(_start_line(info), highlight=False)
+        self.console.print(_start_line(info), highlight=False, markup=False)
         self.epochs = info["epochs"]
         if info["finished"]:
             self.console.print("the run is already complete; raise --epochs to continue it")
@@ -418,7 +421,7 @@ class _Rich(_Plain):
     def on_end(self, s: dict[str, Any]) -> None:
         self.close()
         for line in _end_lines(s):
-            self.console.print(line, highlight=False)
+            self.console.print(line, highlight=False, markup=False)
 
     def close(self) -> None:
         if self.started:

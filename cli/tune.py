@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from gpunet.config import TrainConfig, load_toml
+from gpunet.text import escape, one_line, rich_text
 
 
 def tune_command(
@@ -85,26 +86,28 @@ def tune_command(
 
 
 def _start_lines(info: dict[str, Any]) -> list[str]:
-    return [f"study {info['study']!r} in {info['storage']}: {info['trials']} trials, "
+    return [f"study {escape(repr(info['study']))} in {escape(info['storage'])}: "
+            f"{info['trials']} trials, "
             f"{info['rounds']} round(s), {info['epochs']} epochs each, "
             f"{info['n_train']} training / {info['n_val']} validation samples",
-            "space: " + "; ".join(info["space"])]
+            "space: " + "; ".join(escape(s) for s in info["space"])]
 
 
 def _round_lines(info: dict[str, Any]) -> list[str]:
     return [f"round {info['round']}/{info['rounds']}: shrinking the ranges {info['note']}:",
-            *(f"  {name}: {old} -> {new}" for name, old, new in info["changes"])]
+            *(f"  {escape(name)}: {escape(old)} -> {escape(new)}"
+              for name, old, new in info["changes"])]
 
 
 def _trial_lines(info: dict[str, Any]) -> list[str]:
     from gpunet.tune import fmt_value
 
-    vals = "  ".join(f"{k} {fmt_value(v)}" for k, v in info["values"].items())
+    vals = "  ".join(f"{escape(k)} {escape(fmt_value(v))}" for k, v in info["values"].items())
     head = f"trial {info['number']:>3} (round {info['round']}/{info['rounds']}"
     head += ", baseline)" if info["baseline"] else ")"
     if info["state"] == "COMPLETE":
         return [f"{head}  val_acc {info['value']:.4f}  {vals}  {info.get('seconds', 0):.1f}s"]
-    return [f"{head}  {info['state'].lower()}: {info['error']}  {vals}"]
+    return [f"{head}  {info['state'].lower()}: {escape(one_line(info['error']))}  {vals}"]
 
 
 #: progress lines for each ``tune`` event the console shows (``end`` prints the table)
@@ -144,15 +147,16 @@ def print_table(res: Any, top: int) -> None:
         for k in r.values:
             if k not in names:
                 names.append(k)
-    t = Table(title=f"best trials of study {res.study!r} ({res.count('COMPLETE')} complete, "
+    t = Table(title=f"best trials of study {rich_text(repr(res.study))} "
+                    f"({res.count('COMPLETE')} complete, "
                     f"{res.count('PRUNED')} pruned, {res.count('FAIL')} failed)")
-    for col in ["#", "round", "val acc", "val loss", *names, "s"]:
+    for col in ["#", "round", "val acc", "val loss", *map(rich_text, names), "s"]:
         t.add_column(col, justify="right", no_wrap=True)
     for i, r in enumerate(rows):
         t.add_row(str(r.number) + (" *" if i == 0 else ""),
                   "base" if r.baseline else str(r.round + 1), f"{r.value:.4f}",
                   "-" if r.val_loss is None else f"{r.val_loss:.4f}",
-                  *[fmt_value(r.values.get(k, "-")) for k in names],
+                  *[rich_text(fmt_value(r.values.get(k, "-"))) for k in names],
                   "-" if r.seconds is None else f"{r.seconds:.1f}")
     console.print(t)
     best, base = res.best, res.baseline
@@ -160,10 +164,10 @@ def print_table(res: Any, top: int) -> None:
         console.print(f"best val_acc {best.value:.4f} (trial {best.number}) vs baseline "
                       f"{base.value:.4f} ({best.value - base.value:+.4f})", highlight=False)
     if res.note:
-        console.print(f"note: {res.note}", highlight=False)
+        console.print(f"note: {escape(res.note)}", highlight=False, markup=False)
     if res.best_config is not None:
-        console.print(f"best configuration: {res.best_config} (gpunet train --config "
-                      f"{res.best_config})", highlight=False)
+        console.print(f"best configuration: {escape(res.best_config)} (gpunet train --config "
+                      f"{escape(res.best_config)})", highlight=False, markup=False)
     if res.plot is not None:
-        console.print(f"plot: {res.plot}", highlight=False)
+        console.print(f"plot: {escape(res.plot)}", highlight=False, markup=False)
     console.print(f"{res.seconds:.1f}s", highlight=False)

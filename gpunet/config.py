@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import stat
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from . import layers, optim
 from .errors import ConfigError
+from .text import short_repr
 
 try:  # Python >= 3.11
     import tomllib
@@ -100,7 +103,7 @@ class TrainConfig:
         for key, value in d.items():
             k = key.replace("-", "_")
             if k not in known:
-                raise ConfigError(f"unknown key {key!r} in {source}; known keys: "
+                raise ConfigError(f"unknown key {short_repr(key)} in {source}; known keys: "
                                   + ", ".join(sorted(known)))
             setattr(cfg, k, _coerce(k, value, source))
         return cfg
@@ -116,7 +119,7 @@ class TrainConfig:
         """Fill optimizer / schedule defaults, check every value; return the result."""
         cfg = TrainConfig(**asdict(self))
         if cfg.optimizer not in OPTIMIZER_DEFAULTS:
-            raise ConfigError(f"unknown optimizer {cfg.optimizer!r}: use "
+            raise ConfigError(f"unknown optimizer {short_repr(cfg.optimizer)}: use "
                               + ", ".join(OPTIMIZER_DEFAULTS))
         for k, v in OPTIMIZER_DEFAULTS[cfg.optimizer].items():
             if getattr(cfg, k) is None:
@@ -131,52 +134,47 @@ class TrainConfig:
         def bad(msg: str) -> None:
             raise ConfigError(msg)
 
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            bad(f"--lr must be a positive number, got {self.lr}")
+        for name, lo, hi, note in _INT_RANGES:
+            v = getattr(self, name)
+            if v < lo:
+                bad(f"{_opt(name)} must be >= {lo}{note}, got {v}")
+            if v > hi:
+                bad(f"{_opt(name)} must be at most {hi}, got {short_repr(v)}")
+        for name in ("lr", "eps", "lr_gamma"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                bad(f"{_opt(name)} must be a positive number, got {v}")
         for name in ("beta1", "beta2"):
             v = getattr(self, name)
             if v is not None and not 0.0 <= v < 1.0:
                 bad(f"--{name} must be in [0, 1), got {v}")
-        if self.eps is not None and not self.eps > 0:
-            bad(f"--eps must be positive, got {self.eps}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            bad(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        for name in ("weight_decay", "lr_decay_rate"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                bad(f"{_opt(name)} must be >= 0, got {v}")
         if not 0.0 <= self.dropout < 1.0:
             bad(f"--dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.val_split < 1.0:
             bad(f"--val-split must be in [0, 1), got {self.val_split}")
         if not 0.0 <= self.bn_momentum <= 1.0:
             bad(f"--bn-momentum must be in [0, 1], got {self.bn_momentum}")
-        if self.epochs < 1:
-            bad(f"--epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            bad(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.batch_size < 2 and self.batchnorm:
             bad("--batch-size 1 cannot train with batch norm (its batch variance needs at "
                 "least 2 samples); use --batch-size 2 or more, or --no-batchnorm")
-        if self.patience < 0:
-            bad(f"--patience must be >= 0 (0 turns early stopping off), got {self.patience}")
-        if self.save_every < 0:
-            bad(f"--save-every must be >= 0 (0: only at epoch ends), got {self.save_every}")
-        if any(h < 1 for h in self.hidden):
-            bad(f"--hidden widths must be positive integers, got {self.hidden}")
-        if self.lr_schedule not in SCHEDULES:
-            bad(f"unknown --lr-schedule {self.lr_schedule!r}: use {', '.join(SCHEDULES)}")
-        if self.lr_step_size < 1:
-            bad(f"lr_step_size must be >= 1, got {self.lr_step_size}")
-        if self.lr_gamma is not None and not self.lr_gamma > 0:
-            bad(f"lr_gamma must be positive, got {self.lr_gamma}")
-        if self.lr_decay_rate < 0:
-            bad(f"lr_decay_rate must be >= 0, got {self.lr_decay_rate}")
-        if self.activation not in ACTIVATIONS:
-            bad(f"unknown activation {self.activation!r}: use {', '.join(ACTIVATIONS)}")
-        if self.class_weights not in CLASS_WEIGHTS:
-            bad(f"unknown --class-weights {self.class_weights!r}: use none or balanced")
+        if any(not 1 <= h <= MAX_DIM for h in self.hidden):
+            bad(f"--hidden widths must be integers in 1..{MAX_DIM}, got "
+                f"{short_repr(self.hidden)}")
+        for name, label, allowed in (("lr_schedule", "--lr-schedule", SCHEDULES),
+                                     ("activation", "activation", ACTIVATIONS),
+                                     ("class_weights", "--class-weights", CLASS_WEIGHTS)):
+            if getattr(self, name) not in allowed:
+                use = " or ".join(allowed) if len(allowed) == 2 else ", ".join(allowed)
+                bad(f"unknown {label} {short_repr(getattr(self, name))}: use {use}")
         dev = self.device
-        if not (dev in DEVICES or re.fullmatch(r"gpu:\d+", dev)):
-            bad(f"unknown --device {dev!r}: use auto, cpu, gpu or gpu:N")
-        if self.memory_budget is not None and self.memory_budget < 1:
-            bad(f"--memory-budget must be positive, got {self.memory_budget}")
+        if not (dev in DEVICES or re.fullmatch(r"gpu:[0-9]{1,9}", dev)):
+            bad(f"unknown --device {short_repr(dev)}: use auto, cpu, gpu or gpu:N")
+        if self.memory_budget is not None and not 1 <= self.memory_budget <= MAX_INT:
+            bad(f"--memory-budget must be in 1..{MAX_INT} bytes, got {self.memory_budget}")
 
     def optimizer_kwargs(self) -> dict[str, float]:
         """Keyword arguments for ``optim.make_optimizer`` (call on a resolved config): ``lr``,
@@ -210,20 +208,55 @@ class TrainConfig:
         return "\n".join(lines) + "\n"
 
 
+#: the most bytes a TOML file (config, search space) may have
+MAX_TOML_BYTES = 1 << 20
+
+
 def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
-    """A TOML document, or a one-line ``ConfigError`` naming ``what`` and the problem."""
+    """A TOML document, or a one-line ``ConfigError`` naming ``what`` and the problem.
+
+    Only a regular file of at most ``MAX_TOML_BYTES`` is read (a FIFO, a device such as
+    /dev/zero or a folder is refused before reading, without blocking); a document nested
+    too deeply for the parser is an error too."""
     p = Path(path)
+    text = _read_bounded(p, what)
     try:
-        with open(p, "rb") as f:
-            return tomllib.load(f)
+        return tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {p} is not valid TOML (not UTF-8 text)") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{what} {p} is not valid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} {p} is nested too deeply to read") from None
+
+
+def _read_bounded(p: Path, what: str) -> bytes:
+    """The bytes of the regular file ``p`` (at most ``MAX_TOML_BYTES``)."""
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise ConfigError(f"{what} not found: {p}") from None
     except IsADirectoryError:
         raise ConfigError(f"{what} {p} is a directory") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{what} {p} is not valid TOML: {e}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{what} {p} is not valid TOML (not UTF-8 text)") from None
+    except ValueError:  # an embedded NUL byte
+        raise ConfigError(f"{what} path {short_repr(str(p))} is not a valid path") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ConfigError(f"{what} {p} is a directory")
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"{what} {p} is not a regular file")
+        chunks: list[bytes] = []
+        left = MAX_TOML_BYTES + 1
+        while left > 0 and (chunk := os.read(fd, left)):
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_TOML_BYTES:
+        raise ConfigError(f"{what} {p} is larger than {MAX_TOML_BYTES >> 20} MiB")
+    return data
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -238,9 +271,19 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     return dict(doc)
 
 
+#: the largest value an integer setting may take (it must fit a signed 64-bit integer)
+MAX_INT = 2**63 - 1
+#: seeds are integers in 0..2**63 - 1 (config.toml stores them as TOML integers: 64-bit signed)
+MAX_SEED = 2**63 - 1
+#: the most epochs a run may have
+MAX_EPOCHS = 1_000_000
+#: the largest batch size and hidden width (one array dimension)
+MAX_DIM = 2**31 - 1
+
+
 def parse_hidden(text: str | list[int] | tuple[int, ...]) -> list[int]:
     """``"512,256"`` -> ``[512, 256]``; ``""``, ``"none"`` or ``"0"`` -> ``[]`` (softmax
-    regression)."""
+    regression). Each width is an integer in 1..``MAX_DIM``."""
     if isinstance(text, (list, tuple)):
         items = list(text)
     else:
@@ -251,12 +294,15 @@ def parse_hidden(text: str | list[int] | tuple[int, ...]) -> list[int]:
     out: list[int] = []
     for t in items:
         try:
+            if isinstance(t, bool) or not isinstance(t, (int, float, str)):
+                raise TypeError
             v = int(t)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"--hidden must be comma-separated integers like 512,256, "
-                              f"got {text!r}") from None
-        if v < 1 or (isinstance(t, float) and t != v):
-            raise ConfigError(f"--hidden widths must be positive integers, got {text!r}")
+                              f"got {short_repr(text)}") from None
+        if not 1 <= v <= MAX_DIM or (isinstance(t, float) and t != v):
+            raise ConfigError(f"--hidden widths must be integers in 1..{MAX_DIM}, "
+                              f"got {short_repr(text)}")
         out.append(v)
     return out
 
@@ -268,21 +314,42 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10,
 
 
 def parse_size(text: str | int) -> int:
-    """``"512MB"``, ``"2g"``, ``"1000000"`` -> bytes (binary units: 1 MB = 2**20 bytes)."""
+    """``"512MB"``, ``"2g"``, ``"1000000"`` -> bytes (binary units: 1 MB = 2**20 bytes);
+    at least 1 byte and at most ``MAX_INT``."""
     if isinstance(text, int) and not isinstance(text, bool):
-        value = text
+        value: float = text
     else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())
-        if not m or m.group(2) not in _SIZE_UNITS:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*",
+                         str(text).lower()[:100])
+        if isinstance(text, bool) or not m or m.group(2) not in _SIZE_UNITS:
             raise ConfigError(f"--memory-budget must be a size like 500000000, 512MB or 2GB, "
-                              f"got {text!r}")
-        value = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
-    if value < 1:
-        raise ConfigError(f"--memory-budget must be positive, got {text!r}")
-    return value
+                              f"got {short_repr(text)}")
+        value = float(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    if not value >= 1:
+        raise ConfigError(f"--memory-budget must be positive, got {short_repr(text)}")
+    if value > MAX_INT:
+        raise ConfigError(f"--memory-budget must be at most {MAX_INT} bytes (8 EiB), "
+                          f"got {short_repr(text)}")
+    return int(value)
 
 
 # ---------------------------------------------------------------------- helpers
+#: (key, lowest, highest, note on the lowest) of each integer setting
+_INT_RANGES = (
+    ("epochs", 1, MAX_EPOCHS, ""), ("batch_size", 1, MAX_DIM, ""),
+    ("patience", 0, MAX_INT, " (0 turns early stopping off)"),
+    ("save_every", 0, MAX_INT, " (0: only at epoch ends)"), ("seed", 0, MAX_SEED, ""),
+    ("lr_step_size", 1, MAX_INT, ""),
+)
+#: settings that have no command-line option of their own
+_NO_OPTION = ("lr_step_size", "lr_gamma", "lr_decay_rate")
+
+
+def _opt(name: str) -> str:
+    """How messages name a setting: its option (``--lr-schedule``), else its key."""
+    return name if name in _NO_OPTION else "--" + name.replace("_", "-")
+
+
 _FLOAT_KEYS = {"val_split", "dropout", "lr", "beta1", "beta2", "eps", "weight_decay",
                "lr_gamma", "lr_decay_rate", "bn_momentum"}
 _INT_KEYS = {"epochs", "batch_size", "patience", "seed", "save_every", "lr_step_size"}
@@ -294,7 +361,7 @@ _STR_KEYS = {"data", "val", "x_key", "y_key", "optimizer", "lr_schedule", "class
 def _coerce(key: str, value: Any, source: str) -> Any:
     """Check and convert one value read from a config file, checkpoint or the command line."""
     def wrong(kind: str) -> ConfigError:
-        return ConfigError(f"{key} in {source} must be {kind}, got {value!r}")
+        return ConfigError(f"{key} in {source} must be {kind}, got {short_repr(value)}")
 
     if value is None:
         return None
@@ -307,21 +374,13 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             return value
         raise wrong("true or false")
     if key in _INT_KEYS:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise wrong("an integer")
-        try:
-            f = float(value)
-        except ValueError:
-            raise wrong("an integer") from None
-        if not f.is_integer():
-            raise wrong("an integer")
-        return int(f)
+        return _coerce_int(value, wrong)
     if key in _FLOAT_KEYS:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise wrong("a number")
         try:
             f = float(value)
-        except (TypeError, ValueError):
+        except (ValueError, OverflowError):
             raise wrong("a number") from None
         if not math.isfinite(f):
             raise wrong("a finite number")
@@ -329,9 +388,33 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     if key in _STR_KEYS:
         if not isinstance(value, str):
             raise wrong("a string")
+        if "\x00" in value:
+            raise wrong("a string without NUL characters")
         return value.lower() if key in ("optimizer", "lr_schedule", "class_weights",
                                         "device", "activation") else value
     return value
+
+
+def _coerce_int(value: Any, wrong: Any) -> int:
+    """An integer setting from an int, an integral float or a numeric string."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise wrong("an integer")
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).strip()) if isinstance(value, str) else _integral(value)
+    except (ValueError, OverflowError):
+        pass
+    try:
+        return _integral(float(value))
+    except (ValueError, OverflowError):
+        raise wrong("an integer") from None
+
+
+def _integral(f: float) -> int:
+    if not (math.isfinite(f) and f.is_integer()):
+        raise ValueError(f)
+    return int(f)
 
 
 def _toml_value(v: Any) -> str:

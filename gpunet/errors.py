@@ -1,4 +1,5 @@
-"""Exceptions whose message is one line naming the problem; the CLI prints it and exits 2."""
+"""Exceptions whose message is one line naming the problem (the CLI prints it and exits 2),
+and gpunet's own warning classes."""
 
 from __future__ import annotations
 
@@ -21,3 +22,9 @@ class ConfigError(GpunetError, ValueError):
 
 class TrainingDiverged(GpunetError, RuntimeError):
     """The loss became NaN or inf."""
+
+
+class DataDriftWarning(UserWarning):
+    """The data's per-feature statistics clearly disagree with the training statistics a
+    checkpoint stores (``gpunet.train.evaluation.data_drift``); results are computed as
+    usual."""

@@ -24,6 +24,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .fileio import _open_regular
+from .text import escape
 
 try:  # POSIX; without it (Windows) the lock is a no-op
     import fcntl
@@ -39,9 +40,8 @@ class FolderBusy(ConfigError):
 
 
 def _printable(text: str, limit: int = 64) -> str:
-    """``text`` cut to ``limit`` characters with control characters escaped."""
-    text = text[:limit]
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    """``text`` cut to ``limit`` characters, escaped by ``gpunet.text.escape``."""
+    return escape(text[:limit])
 
 
 def describe_holder(raw: bytes) -> str:

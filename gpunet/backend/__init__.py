@@ -3,7 +3,13 @@
 The default backend comes from the ``GPUNET_DEVICE`` environment variable (``auto`` when
 unset). ``auto`` tries CuPy, a device count and a tiny kernel compile, and falls back to NumPy
 with one warning that says why; an explicit ``gpu`` that cannot be had raises
-``BackendUnavailableError`` naming what to install.
+``BackendUnavailableError`` naming what to install. The fallback's reason stays available to
+``device_label``, which the command line puts in the header line naming the device instead of
+printing the warning on every command.
+
+``GPUNET_THREADS=N`` bounds every thread pool: the NumPy backend's own (``cpu/pool.py``) and,
+through threadpoolctl, every BLAS and OpenMP library loaded in the process when a backend is
+made (``cpu/pool.py``, ``bound_native_threads``).
 """
 
 from __future__ import annotations
@@ -15,15 +21,19 @@ from collections.abc import Iterator
 
 from ..errors import ConfigError, GpunetError
 from .base import Array, Backend, BatchTooSmallError
-from .numpy_backend import NumpyBackend
+from .cpu.pool import bound_native_threads
+from .numpy_backend import NumpyBackend, env_threads
 
 __all__ = [
     "Array",
     "Backend",
     "BackendUnavailableError",
     "BatchTooSmallError",
+    "NoGpuWarning",
     "NumpyBackend",
     "current_backend",
+    "device_label",
+    "fallback_reason",
     "get_backend",
     "use_backend",
 ]
@@ -37,8 +47,31 @@ class BackendUnavailableError(GpunetError, RuntimeError):
     """An explicitly requested backend cannot be used here."""
 
 
+class NoGpuWarning(RuntimeWarning):
+    """``auto`` found no usable GPU and fell back to the NumPy CPU backend."""
+
+
 _cache: dict[str, Backend] = {}
 _stack: list[Backend] = []
+#: why ``auto`` fell back to the CPU, by spec (only "auto" falls back)
+_fallbacks: dict[str, str] = {}
+#: the reason the latest ``get_backend`` call by name fell back to the CPU (None: it did not)
+_latest: list[str | None] = [None]
+
+
+def fallback_reason() -> str | None:
+    """Why the latest ``get_backend`` call by name (``"auto"``, ``"cpu"``...; a ``Backend``
+    passed in does not count) fell back to the CPU, or None if it did not: ``auto`` without
+    a usable GPU."""
+    return _latest[0]
+
+
+def device_label(name: str) -> str:
+    """A backend's name for a header line: ``"cpu (no usable GPU: CuPy is not installed)"``
+    when the latest ``get_backend`` call by name was ``auto`` falling back to the CPU (a run
+    asks for its device just before it starts), else ``name`` itself."""
+    reason = fallback_reason()
+    return f"{name} (no usable GPU: {reason})" if name == "cpu" and reason else name
 
 
 def _probe_gpu(device: int) -> Backend:
@@ -73,6 +106,7 @@ def get_backend(spec: str | Backend | None = None) -> Backend:
             return _stack[-1]
         spec = os.environ.get("GPUNET_DEVICE", "auto")
     spec = spec.strip().lower()
+    _latest[0] = _fallbacks.get(spec)
     if spec in _cache:
         return _cache[spec]
     if spec in ("cpu", "numpy"):
@@ -86,10 +120,11 @@ def get_backend(spec: str | Backend | None = None) -> Backend:
                 reason = "CuPy is not installed"
             warnings.warn(
                 f"gpunet: no usable GPU ({reason}); using the NumPy CPU backend",
-                RuntimeWarning,
+                NoGpuWarning,
                 stacklevel=2,
             )
             be = get_backend("cpu")
+            _fallbacks[spec] = _latest[0] = reason
     elif spec == "gpu" or spec.startswith("gpu:") or spec in ("cuda", "cupy"):
         index = 0
         if ":" in spec:
@@ -110,6 +145,9 @@ def get_backend(spec: str | Backend | None = None) -> Backend:
             ) from None
     else:
         raise ConfigError(f"unknown device {spec!r}: use auto, cpu, gpu or gpu:N")
+    threads = env_threads()
+    if threads is not None:  # after CuPy (and its libraries) loaded
+        bound_native_threads(threads)
     _cache[spec] = be
     return be
 

@@ -23,22 +23,29 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..text import short_repr
 from .base import Array, Backend
 from .cpu import batchnorm as bn
 from .cpu import optim
 from .cpu.blas1 import Blas1, load_blas1
 from .cpu.gemm import SplitGemm, openblas_controllers
 from .cpu.mkl import load_mkl
-from .cpu.pool import WorkPool
+from .cpu.pool import WorkPool, bound_native_threads
+
+#: the most threads ``GPUNET_THREADS`` may ask for
+MAX_THREADS = 4096
 
 
-def _env_threads() -> int | None:
-    """``GPUNET_THREADS`` as a positive integer, or None when it is unset or empty."""
+def env_threads() -> int | None:
+    """``GPUNET_THREADS`` as an integer in 1..``MAX_THREADS``, or None when it is unset or
+    empty."""
     env = os.environ.get("GPUNET_THREADS", "").strip()
     if not env:
         return None
-    if not env.isdigit() or int(env) < 1:
-        raise ConfigError(f"GPUNET_THREADS={env!r}: expected a positive integer")
+    if not (env.isascii() and env.isdigit()) or int(env) < 1:
+        raise ConfigError(f"GPUNET_THREADS={short_repr(env)}: expected a positive integer")
+    if len(env) > 6 or int(env) > MAX_THREADS:
+        raise ConfigError(f"GPUNET_THREADS={short_repr(env)}: expected at most {MAX_THREADS}")
     return int(env)
 
 
@@ -48,7 +55,9 @@ class NumpyBackend(Backend):
     ``threads`` (``GPUNET_THREADS``, default: the number of cores) threads share the work:
     elementwise ops split by rows or chunks (NumPy releases the GIL inside ufuncs) and, with
     ``threadpoolctl`` installed and NumPy on OpenBLAS, the matrix products too (the BLAS then
-    runs one thread per call). ``threads=1`` leaves all parallelism to the BLAS.
+    runs one thread per call). ``threads=1`` given here leaves all parallelism to the BLAS;
+    ``GPUNET_THREADS=N`` instead bounds everything at N threads: the pool, and every BLAS and
+    OpenMP library loaded in the process (``cpu/pool.py``'s ``bound_native_threads``).
     """
 
     name = "cpu"
@@ -58,10 +67,13 @@ class NumpyBackend(Backend):
     bn_centre_in_place = True
 
     def __init__(self, threads: int | None = None) -> None:
-        self.pool = WorkPool(threads or _env_threads() or os.cpu_count() or 1)
-        openblas = openblas_controllers()
+        env = env_threads()
+        self.pool = WorkPool(threads or env or os.cpu_count() or 1)
         #: MKL's sequential sgemm when ``gpunet[mkl]`` is installed (else None: NumPy's BLAS)
         self.mkl = load_mkl()
+        if env is not None:  # after MKL loaded, so that it is bounded too
+            bound_native_threads(env)
+        openblas = openblas_controllers()
         self.gemm = SplitGemm(self.pool, self.mkl, openblas if self.threads > 1 else [])
         #: saxpy / saxpby for the optimizers (MKL's, else NumPy's OpenBLAS; None: ufuncs)
         self.blas1: Blas1 | None = load_blas1(self.mkl.lib if self.mkl is not None else None,

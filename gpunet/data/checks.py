@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from ..errors import ConfigError
+from ..text import escape
 
 
 def _name(path: str | os.PathLike[str]) -> str:
@@ -20,14 +21,11 @@ def _name(path: str | os.PathLike[str]) -> str:
 
 
 def _printable(s: str | bytes) -> str:
-    """``s`` with control and other non-printable characters escaped (``\\x1b``, ``\\n``), so a
-    string from a file cannot move the cursor or forge a line."""
+    """``s`` (bytes decoded as UTF-8) through ``gpunet.text.escape``: control and other
+    non-printable characters escaped, so a string from a file cannot forge a line."""
     if isinstance(s, bytes):
         s = s.decode("utf-8", "replace")
-    if s.isprintable():
-        return s
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-                   for c in s)
+    return escape(s)
 
 
 def _is_numeric(dtype: np.dtype) -> bool:

@@ -31,8 +31,11 @@ def _check_args(kind: str, n: int, classes: int, features: int, noise: float | N
     if not 0 < test_fraction < 1:
         raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}")
     noise = (1.0 if kind == "blobs" else 0.2) if noise is None else float(noise)
-    if noise < 0:
-        raise ConfigError(f"noise must be >= 0, got {noise}")
+    if not 0 <= noise <= 1e6:
+        raise ConfigError(f"noise must be in 0..1e6, got {noise}")
+    if n > 2**40 or features > 2**31 - 1:
+        raise ConfigError(f"n (at most 2**40) or features (at most 2**31 - 1) too large: "
+                          f"{n}, {features}")
     return noise
 
 
@@ -87,6 +90,8 @@ def make_synthetic(kind: str, out: str | os.PathLike[str], n: int = 1000, classe
     remainder to the first ones); the test split is stratified. Returns a summary.
     """
     noise = _check_args(kind, n, classes, features, noise, test_fraction)
+    if not 0 <= seed <= 2**63 - 1:
+        raise ConfigError(f"seed must be in 0..2**63 - 1, got {seed}")
     rng = np.random.default_rng(seed)
     counts = [n // classes + (1 if k < n % classes else 0) for k in range(classes)]
     Xs = (_blobs if kind == "blobs" else _spirals)(rng, counts, features, noise)

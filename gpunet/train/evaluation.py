@@ -12,7 +12,8 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterable
+import warnings
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 
 from .. import checkpoint as ckpt_mod
 from ..backend import Backend, get_backend
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataDriftWarning, DataError
 from ..fileio import atomic_write
 from ..model import MLP
 from .feeds import fits_on_device
@@ -48,8 +49,17 @@ def _check_inputs(X: np.ndarray, d: int) -> np.ndarray:
     return X
 
 
-def _input_batches(be: Backend, source: Any, standardizer: Any, batch_size: int, d: int
-                   ) -> Iterable[tuple[Any, np.ndarray | None]]:
+def _input_batches(be: Backend, source: Any, standardizer: Any, batch_size: int, d: int,
+                   observe: Observer | None = None) -> Iterable[tuple[Any, np.ndarray | None]]:
+    """Each batch also goes to ``observe`` (``_Moments.add``) when given."""
+    for xb, yb in _batches(be, source, standardizer, batch_size, d):
+        if observe is not None:
+            observe(be, xb)
+        yield xb, yb
+
+
+def _batches(be: Backend, source: Any, standardizer: Any, batch_size: int, d: int
+             ) -> Iterable[tuple[Any, np.ndarray | None]]:
     """(standardized backend inputs, host labels or None) per batch, in order, from an
     ``ArraySource`` or a raw host array X (n, ...). On a device-memory backend, in-memory data
     that fits the device budget is standardized and copied once, and batches are device
@@ -78,12 +88,12 @@ def _input_batches(be: Backend, source: Any, standardizer: Any, batch_size: int,
                None if labels is None else np.asarray(labels[i:i + batch_size]))
 
 
-def _logits_batches(model: MLP, source: Any, standardizer: Any, batch_size: int
-                    ) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+def _logits_batches(model: MLP, source: Any, standardizer: Any, batch_size: int,
+                    observe: Observer | None = None) -> Iterable[tuple[np.ndarray, np.ndarray]]:
     """(host float32 logits, labels) per batch, inference mode."""
     be = model.backend
     d = int(model.config["in_features"])
-    for xb, yb in _input_batches(be, source, standardizer, batch_size, d):
+    for xb, yb in _input_batches(be, source, standardizer, batch_size, d, observe):
         logits = be.to_host(model.forward(xb, training=False))
         yield np.array(logits, dtype=np.float32, copy=True), yb
 
@@ -119,12 +129,18 @@ def evaluate(
     The loss is summed in float64 over per-sample values in sample order, so the result does
     not depend on ``batch_size``. Nothing in the model changes.
     """
+    return _evaluate(model, source, standardizer, batch_size, classes)
+
+
+def _evaluate(model: MLP, source: Any, standardizer: Any, batch_size: int,
+              classes: list[str] | None, observe: Observer | None = None) -> dict[str, Any]:
+    """``evaluate``; each standardized batch also goes to ``observe``."""
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     n_classes = int(model.config["classes"])
     names = [str(c) for c in (classes or [])] or [str(i) for i in range(n_classes)]
     preds, nlls, labels = [], [], []
-    for logits, y in _logits_batches(model, source, standardizer, batch_size):
+    for logits, y in _logits_batches(model, source, standardizer, batch_size, observe):
         if y.size and (y.min() < 0 or y.max() >= n_classes):
             raise DataError(f"labels go from {int(y.min())} to {int(y.max())} but the model "
                             f"has {n_classes} classes (0..{n_classes - 1})")
@@ -160,10 +176,16 @@ def predict(
 ) -> np.ndarray:
     """Predicted class ids (n,) int64, or probabilities (n, classes) float32 with ``proba``,
     for an ``ArraySource`` or a host array X (n, ...) of raw (unstandardized) inputs."""
+    return _predict(model, source, standardizer, batch_size, proba)
+
+
+def _predict(model: MLP, source: Any, standardizer: Any, batch_size: int, proba: bool,
+             observe: Observer | None = None) -> np.ndarray:
+    """``predict``; each standardized batch also goes to ``observe``."""
     be = model.backend
     d = int(model.config["in_features"])
     out: list[np.ndarray] = []
-    for xb, _ in _input_batches(be, source, standardizer, batch_size, d):
+    for xb, _ in _input_batches(be, source, standardizer, batch_size, d, observe):
         logits = model.forward(xb, training=False)
         if proba:
             out.append(np.array(be.to_host(be.softmax(logits)), dtype=np.float32))
@@ -173,6 +195,89 @@ def predict(
         n_c = int(model.config["classes"])
         return np.zeros((0, n_c), np.float32) if proba else np.zeros((0,), np.int64)
     return np.concatenate(out)
+
+
+# ---------------------------------------------------------------------- data drift
+#: ``data_drift`` flags data whose median feature sits more than this many training stds
+#: from the training mean ...
+DRIFT_MAX_SHIFT = 3.0
+#: ... or whose median feature's std is more than this factor away from the training std
+DRIFT_MAX_STD_RATIO = 10.0
+
+Observer = Callable[[Backend, Any], None]
+
+
+class _Moments:
+    """Per-feature count, mean and sum of squared deviations of standardized batches
+    (``(X - mean_train) / std_train``), merged batch by batch in float64 (Chan, Golub and
+    LeVeque's pairwise update) on the backend's array module."""
+
+    def __init__(self) -> None:
+        self.be: Backend | None = None
+        self.n = 0
+        self.mean: Any = None
+        self.m2: Any = None
+
+    def add(self, be: Backend, xb: Any) -> None:
+        b = int(xb.shape[0])
+        if b == 0:
+            return
+        self.be = be
+        x = xb.astype(be.xp.float64)
+        bmean = x.mean(axis=0)
+        bm2 = ((x - bmean) ** 2).sum(axis=0)
+        if self.n == 0:
+            self.n, self.mean, self.m2 = b, bmean, bm2
+            return
+        total = self.n + b
+        delta = bmean - self.mean
+        self.mean = self.mean + delta * (b / total)
+        self.m2 = self.m2 + bm2 + delta**2 * (self.n * b / total)
+        self.n = total
+
+    def host(self, be: Backend) -> tuple[int, np.ndarray, np.ndarray]:
+        """``(n, mean, population std)`` of the standardized features, on the host."""
+        mean = np.asarray(be.to_host(self.mean), dtype=np.float64)
+        var = np.asarray(be.to_host(self.m2), dtype=np.float64) / self.n
+        return self.n, mean, np.sqrt(np.maximum(var, 0.0))
+
+
+def data_drift(n: int, z_mean: np.ndarray, z_std: np.ndarray) -> dict[str, Any]:
+    """How far data lies from the training statistics, from the per-feature mean and std of
+    the data standardized with the training mean and std (``z = (x - mean_train) /
+    std_train``; a feature constant in training has std_train 1, in its own units).
+
+    ``mean_shift``: the median over features of ``|mean_data - mean_train| / std_train``
+    (about 0 for data like the training data); ``std_ratio``: the median, over the features
+    that vary in the data, of ``std_data / std_train`` (about 1; None with fewer than 2 rows
+    or no varying feature). ``drifted`` when ``mean_shift > DRIFT_MAX_SHIFT`` or
+    ``std_ratio`` is outside ``[1 / DRIFT_MAX_STD_RATIO, DRIFT_MAX_STD_RATIO]``: data on
+    another scale (0-1 against 0-255: a ratio of 1/255), not a held-out split or one class
+    of the training distribution.
+    """
+    shift = float(np.median(np.abs(z_mean))) if z_mean.size else 0.0
+    varying = z_std[z_std > 0]
+    ratio = float(np.median(varying)) if n >= 2 and varying.size else None
+    drifted = shift > DRIFT_MAX_SHIFT or (
+        ratio is not None and not 1 / DRIFT_MAX_STD_RATIO <= ratio <= DRIFT_MAX_STD_RATIO)
+    return {"mean_shift": shift, "std_ratio": ratio, "drifted": bool(drifted), "n": int(n),
+            "max_shift": DRIFT_MAX_SHIFT, "max_std_ratio": DRIFT_MAX_STD_RATIO}
+
+
+def _drift(moments: _Moments | None, data_desc: str) -> dict[str, Any] | None:
+    """``data_drift`` of what ``moments`` saw (None without a standardizer or rows); warns
+    (``DataDriftWarning``, one line) when the data drifted."""
+    if moments is None or moments.n == 0 or moments.be is None:
+        return None
+    d = data_drift(*moments.host(moments.be))
+    if d["drifted"]:
+        ratio = "-" if d["std_ratio"] is None else f"{d['std_ratio']:.3g}"
+        warnings.warn(
+            f"{data_desc} does not look like the training data: on the median feature its mean "
+            f"is {d['mean_shift']:.3g} training stds from the training mean and its std "
+            f"{ratio} times the training std (similar data: about 0 and 1); is it scaled "
+            f"differently (0-1 against 0-255?)", DataDriftWarning, stacklevel=3)
+    return d
 
 
 # ---------------------------------------------------------------------- from a checkpoint
@@ -275,13 +380,17 @@ def evaluate_checkpoint(
     memory_budget: int | None = None,
 ) -> dict[str, Any]:
     """``evaluate`` a checkpoint file on its held-out split or on ``data`` (see
-    ``heldout_source``); adds ``checkpoint``, ``data``, ``split`` and ``epoch`` keys."""
+    ``heldout_source``); adds ``checkpoint``, ``data``, ``split``, ``epoch`` and ``drift``
+    (``data_drift``: the data against the training statistics; a ``DataDriftWarning`` when
+    they clearly disagree) keys."""
     ck, model, std = load_for_inference(path, device)
     src, data_desc, split_name = heldout_source(ck, data, split, x_key, y_key, memory_budget)
     _check_width(ck, src, data_desc)
-    res = evaluate(model, src, std, batch_size=batch_size, classes=ck.classes or None)
+    moments = _Moments() if std is not None else None
+    res = _evaluate(model, src, std, batch_size, ck.classes or None,
+                    moments.add if moments is not None else None)
     return {**res, "checkpoint": str(path), "data": data_desc, "split": split_name,
-            "epoch": ck.epoch, "step": ck.step}
+            "epoch": ck.epoch, "step": ck.step, "drift": _drift(moments, data_desc)}
 
 
 # ---------------------------------------------------------------------- prediction files
@@ -307,26 +416,34 @@ def predict_checkpoint(
     out = Path(out)
     if out.suffix.lower() not in (".h5", ".hdf5", ".csv", ".npy"):
         raise ConfigError(f"--out must end in .h5, .csv or .npy, got {out.name!r}")
-    for other, what in ((Path(path), "checkpoint"), (Path(data), "data file")):
+    for other, what in ((Path(path), "checkpoint"),
+                        (data_mod.resolve_data_path(data), "data file")):
         if _same_file(out, other):
-            raise ConfigError(f"--out {out} is the {what}; refusing to overwrite it")
+            raise ConfigError(f"--out {out} is the {what} {other}; refusing to overwrite it")
     ck, model, std = load_for_inference(path, device)
     # labels are optional here: a file of X only is accepted
     src = data_mod.load_split(data, split, x_key=x_key, y_key=y_key, labels=False,
                               **_rows(ck), **_budget(memory_budget))
     _check_width(ck, src, str(data))
-    P = predict(model, src, std, batch_size=batch_size, proba=True)
+    moments = _Moments() if std is not None else None
+    P = _predict(model, src, std, batch_size, True, moments.add if moments else None)
     pred = P.argmax(axis=1).astype(np.int64)
     names = ck.classes or [str(i) for i in range(ck.n_classes)]
+    drift = _drift(moments, str(data))
     write_predictions(out, pred, P if proba else None, names)
     return {"out": str(out), "n": int(pred.shape[0]), "proba": proba,
-            "counts": {names[c]: int((pred == c).sum()) for c in range(len(names))}}
+            "counts": {names[c]: int((pred == c).sum()) for c in range(len(names))},
+            "drift": drift}
 
 
 def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file: the same resolved path, or the same inode
+    (``os.path.samefile``: hard links, symbolic links, other spellings of one path)."""
     try:
+        if a.resolve() == b.resolve():
+            return True
         return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
         return False
 
 

@@ -4,7 +4,8 @@ NumPy releases the GIL inside ufuncs and BLAS calls, so ``n`` threads working on
 slices of one array run side by side. ``WorkPool.map`` runs ``fn`` over a list of items on
 the calling thread and ``n - 1`` daemon workers; ``parts`` cuts a row range into one slice
 per thread; ``workspace`` keeps per-thread scratch arrays so that nothing is allocated per
-step.
+step. ``bound_native_threads`` caps the thread pools of the native libraries (BLAS, OpenMP)
+for ``GPUNET_THREADS``.
 """
 
 from __future__ import annotations
@@ -89,3 +90,25 @@ class WorkPool:
         if buf is None:
             buf = self._ws[key] = np.empty(shape, dtype=dtype)
         return buf
+
+
+def bound_native_threads(n: int) -> None:
+    """Hold every BLAS and OpenMP library loaded in this process (OpenBLAS, MKL, OpenMP
+    runtimes) at ``n`` threads or fewer, through threadpoolctl, for the rest of the process.
+
+    Libraries loaded later are bounded by the next call (each backend makes one). Without
+    threadpoolctl, or for a library it cannot drive, nothing happens."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return
+    try:
+        controllers = ThreadpoolController().lib_controllers
+    except Exception:  # noqa: BLE001 - a broken or unknown library must never stop a backend
+        return
+    for lc in controllers:
+        try:
+            if lc.num_threads > n:
+                lc.set_num_threads(n)
+        except Exception:  # noqa: BLE001,S112 - as above
+            continue
