@@ -271,10 +271,11 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     return dict(doc)
 
 
-#: the largest value an integer setting may take (it must fit a signed 64-bit integer)
-MAX_INT = 2**63 - 1
-#: seeds are integers in 0..2**63 - 1 (config.toml stores them as TOML integers: 64-bit signed)
-MAX_SEED = 2**63 - 1
+#: the largest value an integer setting may take: checkpoints store the configuration as JSON,
+#: whose numbers are exact up to 2**53 (gpunet.checkpoint.schema.MAX_INT, tested equal)
+MAX_INT = 2**53
+#: seeds are integers in 0..MAX_INT (stored in checkpoints and config.toml)
+MAX_SEED = MAX_INT
 #: the most epochs a run may have
 MAX_EPOCHS = 1_000_000
 #: the largest batch size and hidden width (one array dimension)
