@@ -34,10 +34,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 from ..errors import ConfigError, GpunetError
 from .job import Job
+from .storage import is_url, release_dead_lock
 from .study import FINISHED, TuneStudy
 
 #: environment variables that bound a worker's CPU threads
@@ -260,7 +262,10 @@ class Pool:
         """A worker whose output ended: wait for it and deal with how it ended."""
         p.exit = p.proc.wait()
         self.live.remove(p)
-        if p.exit == 0 or (self.stopping and p.exit in (130, -signal.SIGTERM)):
+        if self.stopping:
+            self._fail_dead(p, "interrupted")   # a trial it could not close itself
+            return
+        if p.exit == 0:
             return
         if p.error is not None:
             self.say("worker-error", {"worker": p.number, "pid": p.proc.pid,
@@ -277,6 +282,9 @@ class Pool:
             self._spawn(p.plan)
 
     def _fail_dead(self, p: _Proc, why: str) -> list[int]:
+        if not is_url(self.job.storage) and release_dead_lock(Path(self.job.storage)):
+            self.say("worker-output", {"worker": p.number, "line": "released the journal "
+                                       "lock it held"})
         try:
             return self.study.fail_dead(p.proc.pid, f"its worker died ({why})")
         except GpunetError:

@@ -220,15 +220,23 @@ class Search:
     def _train(self, trial: Any, rank: int) -> None:
         with self.study.beating(trial) as beat:
             self._beat = beat
-            plan = self._plan(trial, rank)
-            trial.set_user_attr("gpunet_values", _jsonable(plan.values))
-            cfg = plan.cfg
-            cfg.out = str(self.study.run_dir(trial.number))
-            self.ran_here += 1
             try:
-                row = TrialRun(self.study, trial, self.prune, beat).run(self.fit, cfg, self.ds)
-            finally:
-                shutil.rmtree(cfg.out, ignore_errors=True)
+                plan = self._plan(trial, rank)
+                trial.set_user_attr("gpunet_values", _jsonable(plan.values))
+                cfg = plan.cfg
+                cfg.out = str(self.study.run_dir(trial.number))
+                self.ran_here += 1
+                try:
+                    row = TrialRun(self.study, trial, self.prune, beat).run(self.fit, cfg,
+                                                                            self.ds)
+                finally:
+                    shutil.rmtree(self.study.run_dir(trial.number), ignore_errors=True)
+            except StorageError:
+                raise   # nothing can be recorded; the heartbeat check fails the trial later
+            except BaseException:
+                # stopped before training started (Ctrl-C, SIGTERM, a planning error)
+                self.study.fail_running(trial, "interrupted")
+                raise
         self.failures = self.failures + 1 if row["state"] == "FAIL" else 0
         self.say("trial", {**row, "number": trial.number, "round": plan.round + 1,
                            "rounds": self.rounds, "values": plan.values,

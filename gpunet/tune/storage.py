@@ -39,6 +39,9 @@ from ..errors import ConfigError, GpunetError
 MAX_LINE = 16 * 1024 * 1024
 #: how Optuna starts every journal record (``{"op_code": N, "worker_id": ...}``)
 RECORD_START = b'{"op_code":'
+#: seconds a journal lock may stand still before it counts as left by a killed worker (a
+#: live worker holds it for one append)
+LOCK_GRACE = 10
 #: PostgreSQL advisory lock key held while Optuna creates its tables ("gpunet" in ASCII)
 SCHEMA_LOCK_KEY = 0x6770756E6574
 #: seconds between retries of a lost database connection: 0.5 doubling up to this
@@ -180,7 +183,37 @@ def _journal_file(optuna: Any, p: Path, say: Callable[[str, dict[str, Any]], Non
         from optuna.storages import JournalFileStorage as JournalFileBackend
     if p.exists():
         check_journal(optuna, p, say)
-    return JournalFileBackend(str(p))
+    return JournalFileBackend(str(p), lock_obj=journal_lock(optuna, p))
+
+
+def journal_lock(optuna: Any, p: Path) -> Any:
+    """Optuna's symlink lock on journal ``p``, by absolute path (a relative one makes a link
+    that dangles, and a lock left by a killed worker then never expires), released by
+    force after ``LOCK_GRACE`` seconds without a change to the journal."""
+    return optuna.storages.journal.JournalFileSymlinkLock(os.path.abspath(p),
+                                                          grace_period=LOCK_GRACE)
+
+
+def release_dead_lock(p: Path, still: float = 2.0) -> bool:
+    """Remove journal ``p``'s lock if it stands unchanged for ``still`` seconds (a live worker
+    holds it for one append; the caller knows a worker was just killed, maybe holding it).
+    True if it was removed."""
+    lock = os.path.abspath(p) + ".lock"
+    try:
+        before = os.lstat(lock)
+        time.sleep(still)
+        after = os.lstat(lock)
+    except FileNotFoundError:
+        return False
+    if (before.st_ino, before.st_ctime_ns) != (after.st_ino, after.st_ctime_ns):
+        return False
+    aside = f"{lock}.{os.getpid()}.dead"
+    try:
+        os.rename(lock, aside)
+        os.unlink(aside)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 class JournalDamage:
@@ -292,7 +325,7 @@ def _repair_under_lock(optuna: Any, p: Path,
                        say: Callable[[str, dict[str, Any]], None] | None) -> JournalDamage | None:
     """Repair torn records one by one under Optuna's journal lock (a writer may have finished
     a line meanwhile: each is found again under the lock); returns the damage left, if any."""
-    lock = optuna.storages.journal.JournalFileSymlinkLock(str(p))
+    lock = journal_lock(optuna, p)
     while not lock.acquire():
         time.sleep(0.05)
     try:

@@ -338,6 +338,14 @@ class TuneStudy:
             else:
                 trial.suggest_float(p.name, p.low, p.high, log=p.scale_spec.optuna_log)
 
+    def fail_running(self, trial: Any, why: str) -> None:
+        """Mark ``trial`` FAIL (``gpunet_error`` = ``why``) unless it already ended."""
+        with contextlib.suppress(Exception):
+            if self.st._storage.get_trial(trial._trial_id).state.name == "RUNNING":
+                trial.set_user_attr("gpunet_error", why)
+                self.st.tell(trial, state=self.optuna.trial.TrialState.FAIL,
+                             skip_if_finished=True)
+
     def tell(self, trial: Any, value: float | None, state: str) -> bool:
         """Tell the study how ``trial`` ended (``state``: a ``TrialState`` name); False if
         another worker already marked it (stale heartbeat)."""
