@@ -468,6 +468,7 @@ def _rdb_storage(optuna: Any, s: str, heartbeat: float | None, stale_after: floa
     except Exception as e:  # noqa: BLE001 - SQLAlchemy's URL errors vary
         raise ConfigError(f"storage {redact(s)} is not a valid database URL: "
                           f"{_reason(e, secret)}") from None
+    s = _with_driver(s)
     kw: dict[str, Any] = {"engine_kwargs": {"pool_pre_ping": True}}
     if dialect == "postgresql" and "connect_timeout" not in s:
         kw["engine_kwargs"]["connect_args"] = {"connect_timeout": 10}
@@ -495,6 +496,21 @@ def _rdb_storage(optuna: Any, s: str, heartbeat: float | None, stale_after: floa
                            f"{_reason(e, secret)}") from None
     store._gpunet_retry = _Retry(s, retry_for)
     return store
+
+
+def _with_driver(s: str) -> str:
+    """``postgresql://`` as ``postgresql+psycopg://`` where psycopg 3 is installed and
+    psycopg2 is not (SQLAlchemy before 2.1 defaults to psycopg2; ``gpunet[postgres]``
+    installs psycopg 3)."""
+    import importlib.util
+
+    from sqlalchemy.engine import make_url
+
+    u = make_url(s)
+    if u.drivername == "postgresql" and importlib.util.find_spec("psycopg2") is None \
+            and importlib.util.find_spec("psycopg") is not None:
+        return u.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return s
 
 
 @contextlib.contextmanager
