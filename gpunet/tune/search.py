@@ -375,20 +375,9 @@ def tune(
                   "rounds": job.rounds, "epochs": job.epochs, "space": job.space.describe(),
                   "device": job.base.device, "n_train": ds.train.n, "n_val": ds.val.n,
                   **({"workers": [p.describe() for p in plans]} if plans else {})})
-    pool_info = None
     if plans:
-        from .pool import Pool
-
-        del ds   # the workers open the data themselves
-        pool = Pool(job, plans, st, say)
-        pool.run()
-        ran_here, note, pool_info = pool.ran, pool.note, pool.summary()
-    else:
-        search = job.search(st, ds, say)
-        search.run()
-        ran_here, note = search.ran_here, search.note
-    result = _result(job, st, ran_here, note, t_start)
-    result.workers = pool_info
+        ds = None   # the workers open the data themselves
+    result = _search(job, st, ds, plans, say, t_start)
     write_best_config(result, dataclasses.replace(job.base, device=job.toml_device), job.space,
                       job.out_dir)
     if plot is not None:
@@ -396,6 +385,23 @@ def tune(
         result.plot = write_plot(result, plot)
     result.seconds = time.perf_counter() - t_start
     say("end", result.summary())
+    return result
+
+
+def _search(job: Job, st: TuneStudy, ds: Any, plans: list[Any], say: Callback,
+            t_start: float) -> TuneResult:
+    """Search in this process, or in the worker processes ``plans`` (which open the data
+    themselves); the result as the study holds it."""
+    if not plans:
+        search = job.search(st, ds, say)
+        search.run()
+        return _result(job, st, search.ran_here, search.note, t_start)
+    from .pool import Pool
+
+    pool = Pool(job, plans, st, say)
+    pool.run()
+    result = _result(job, st, pool.ran, pool.note, t_start)
+    result.workers = pool.summary()
     return result
 
 
