@@ -54,12 +54,13 @@ def env1() -> dict[str, str]:
 
 # ====================================================================== the plan
 def test_plan_pins_one_worker_per_gpu_and_splits_the_cores():
-    plans = plan_workers(2, "0,1", None, environ={}, cores=8)
+    plans = plan_workers(2, "0,1", None, environ={}, cores=8, count=lambda: 2)
     assert [(p.device, p.gpu, p.env["CUDA_VISIBLE_DEVICES"]) for p in plans] == [
         ("gpu", "0", "0"), ("gpu", "0", "0"), ("gpu", "1", "1"), ("gpu", "1", "1")]
     assert all(p.env[v] == "2" for p in plans for v in THREAD_VARS)   # 8 cores / 4 workers
     # numbers are CUDA's numbers in this process: read through its CUDA_VISIBLE_DEVICES
-    plans = plan_workers(1, "1,0", None, environ={"CUDA_VISIBLE_DEVICES": "4,6"}, cores=2)
+    plans = plan_workers(1, "1,0", None, environ={"CUDA_VISIBLE_DEVICES": "4,6"}, cores=2,
+                         count=lambda: 2)
     assert [p.env["CUDA_VISIBLE_DEVICES"] for p in plans] == ["6", "4"]
     # all: every GPU the count finds; CPU workers: no pinning, threads from the cores
     assert [p.gpu for p in plan_workers(1, "all", "gpu", environ={}, cores=3,
@@ -76,6 +77,8 @@ def test_plan_pins_one_worker_per_gpu_and_splits_the_cores():
     ("x", None, 2, "GPU numbers such as 0,1"),
     ("", None, 2, "GPU numbers such as 0,1"),
     ("-1", None, 2, "GPU numbers such as 0,1"),
+    ("0,2", None, 2, "2 GPU(s) visible here"),
+    ("0", None, 0, "0 GPU(s) visible here"),
     ("0", "cpu", 2, "leave out --device cpu"),
     ("0", "gpu:1", 2, "leave out --device gpu:1"),
 ])
@@ -84,8 +87,9 @@ def test_bad_device_lists(devices, device, count, message):
         plan_workers(1, devices, device, environ={}, cores=2, count=lambda: count)
     assert message in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="leaves 1 GPU"):
-        plan_workers(1, "1", None, environ={"CUDA_VISIBLE_DEVICES": "3"}, cores=2)
-    assert parse_devices(" 2, 0 ") == [2, 0]
+        plan_workers(1, "1", None, environ={"CUDA_VISIBLE_DEVICES": "3"}, cores=2,
+                     count=lambda: 2)
+    assert parse_devices(" 2, 0 ", lambda: 3) == [2, 0]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -123,7 +127,7 @@ def test_each_worker_process_gets_its_environment(tmp_path, data, space):
     heard: list[dict] = []
     env = {k: v for k, v in os.environ.items() if k not in (*THREAD_VARS,
                                                              "CUDA_VISIBLE_DEVICES")}
-    plans = plan_workers(2, "3,5", None, environ=env, cores=4)
+    plans = plan_workers(2, "3,5", None, environ=env, cores=4, count=lambda: 6)
     pool = EnvPool(job, plans, st, lambda e, i: heard.append(i) if e == "env" else None)
     old = dict(os.environ)
     try:

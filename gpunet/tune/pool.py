@@ -86,6 +86,9 @@ def parse_devices(text: str, count: Callable[[], int] = gpu_count) -> list[int]:
     if len(set(ids)) != len(ids):
         raise ConfigError(f"--devices {text}: name each GPU once (--workers sets how many "
                           "workers each runs)")
+    n = count()
+    if max(ids) >= n:
+        raise ConfigError(f"--devices {text}: {n} GPU(s) visible here, numbered from 0")
     return ids
 
 
