@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import typer
@@ -58,6 +61,20 @@ def tune_command(
         False, "--allow-external",
         help="Read HDF5 links, virtual datasets and external raw storage in the data (refused "
              "by default); each is checked first, and a missing source is an error."),
+    workers: int = typer.Option(
+        1, "--workers", metavar="N",
+        help="Worker processes on this machine, all on one study (with --devices: per GPU)."),
+    devices: str | None = typer.Option(
+        None, "--devices", metavar="0,1|all",
+        help="Pin workers to these GPUs, --workers each (CUDA_VISIBLE_DEVICES)."),
+    heartbeat: float = typer.Option(
+        10.0, "--heartbeat", metavar="S", help="Seconds between a running trial's heartbeats."),
+    stale_after: float = typer.Option(
+        120.0, "--stale-after", metavar="S",
+        help="A running trial without a heartbeat for this long is marked failed."),
+    storage_retry: float = typer.Option(
+        30.0, "--storage-retry", metavar="S",
+        help="Seconds a lost database connection is retried before the search stops."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final table."),
 ) -> None:
@@ -76,21 +93,48 @@ def tune_command(
         base["allow_external_data"] = True
     cfg = TrainConfig.from_dict(base, source=f"config file {config}" if config else "options")
     show = not (json_out or quiet)
-    res = tune(data, trials, rounds=rounds, epochs=epochs, space=space, config=cfg,
-               storage=storage, study=study, out=out, seed=seed, device=device, pruner=pruner,
-               baseline=baseline, plot=plot, callback=_printer() if show else None)
+    with _sigterm_as_interrupt():
+        res = tune(data, trials, rounds=rounds, epochs=epochs, space=space, config=cfg,
+                   storage=storage, study=study, out=out, seed=seed, device=device,
+                   pruner=pruner, baseline=baseline, plot=plot, workers=workers,
+                   devices=devices, heartbeat=heartbeat, stale_after=stale_after,
+                   storage_retry=storage_retry, callback=_printer(show))
     if json_out:
         typer.echo(json.dumps(res.summary(top=top)))
         return
     print_table(res, top)
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the search as Ctrl-C does (running trials marked failed, exit 130)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def _start_lines(info: dict[str, Any]) -> list[str]:
-    return [f"study {escape(repr(info['study']))} in {escape(info['storage'])}: "
-            f"{info['trials']} trials, "
-            f"{info['rounds']} round(s), {info['epochs']} epochs each, "
-            f"{info['n_train']} training / {info['n_val']} validation samples",
-            "space: " + "; ".join(escape(s) for s in info["space"])]
+    lines = [f"study {escape(repr(info['study']))} in {escape(info['storage'])}: "
+             f"{info['trials']} trials, "
+             f"{info['rounds']} round(s), {info['epochs']} epochs each, "
+             f"{info['n_train']} training / {info['n_val']} validation samples",
+             "space: " + "; ".join(escape(s) for s in info["space"])]
+    if info.get("workers"):
+        ws = info["workers"]
+        where = sorted(set(w["device"] for w in ws))
+        threads = ws[0].get("threads")
+        lines.append(f"workers: {len(ws)} on {', '.join(where)}"
+                     + (f", {threads} thread(s) each" if threads else ""))
+    return lines
 
 
 def _round_lines(info: dict[str, Any]) -> list[str]:
@@ -105,9 +149,19 @@ def _trial_lines(info: dict[str, Any]) -> list[str]:
     vals = "  ".join(f"{escape(k)} {escape(fmt_value(v))}" for k, v in info["values"].items())
     head = f"trial {info['number']:>3} (round {info['round']}/{info['rounds']}"
     head += ", baseline)" if info["baseline"] else ")"
+    done = f"  [{info['progress'][0]}/{info['progress'][1]}]" if info.get("progress") else ""
     if info["state"] == "COMPLETE":
-        return [f"{head}  val_acc {info['value']:.4f}  {vals}  {info.get('seconds', 0):.1f}s"]
-    return [f"{head}  {info['state'].lower()}: {escape(one_line(info['error']))}  {vals}"]
+        return [f"{head}  val_acc {info['value']:.4f}  {vals}  {info.get('seconds', 0):.1f}s"
+                + done]
+    return [f"{head}  {info['state'].lower()}: {escape(one_line(info['error']))}  {vals}{done}"]
+
+
+def _died_lines(info: dict[str, Any]) -> list[str]:
+    trials = info.get("trials") or []
+    what = (f"; trial{'s' if len(trials) > 1 else ''} {', '.join(map(str, trials))} marked "
+            "failed" if trials else "")
+    return [f"worker {info['worker']} (pid {info['pid']}) died: {info['why']}{what}"
+            + ("; starting another" if info.get("replaced") else "")]
 
 
 #: progress lines for each ``tune`` event the console shows (``end`` prints the table)
@@ -120,13 +174,30 @@ _EVENT_LINES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "trial": _trial_lines,
 }
 
+#: lines for events shown even with --quiet / --json, on stderr
+_STDERR_LINES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "worker-died": _died_lines,
+    "worker-error": lambda info: [f"worker {info['worker']} stopped: "
+                                  f"{escape(one_line(info['message']))}"],
+    "worker-output": lambda info: [f"worker {info['worker']}: {escape(info['line'])}"],
+    "journal-repaired": lambda info: [f"warning: {escape(one_line(info['message']))}"],
+}
 
-def _printer() -> Callable[[str, dict[str, Any]], None]:
-    """The ``tune`` callback that echoes each event's progress lines."""
+
+def _printer(show: bool) -> Callable[[str, dict[str, Any]], None]:
+    """The ``tune`` callback: each event's progress lines (``show``), a worker's number in
+    front when several work; problems on stderr always."""
 
     def say(event: str, info: dict[str, Any]) -> None:
+        if event in _STDERR_LINES:
+            for line in _STDERR_LINES[event](info):
+                typer.echo(line, err=True)
+            return
+        if not show:
+            return
+        tag = f"[{info['worker']}] " if "worker" in info else ""
         for line in _EVENT_LINES.get(event, lambda info: [])(info):
-            typer.echo(line)
+            typer.echo(tag + line)
 
     return say
 

@@ -1,8 +1,12 @@
 """Hyperparameter search: random, on the right scale, coarse to fine, many workers on one study.
 
 Modules: ``space`` (hyperparameters, the table of scales, the default space, space files),
-``study`` (Optuna storages, the study as one worker sees it, stale trials), ``search`` (the
-search loop and ``tune``), ``report`` (result rows, ranking, ``best.toml``, the plot).
+``storage`` (Optuna storages: checked and repaired journal files, retrying databases with
+Optuna's heartbeat, one-line errors without passwords), ``study`` (the study as one worker
+sees it, stale trials), ``job`` (the checked options of one search, as JSON for workers),
+``search`` (the search loop and ``tune``), ``pool`` and ``worker`` (``--workers`` /
+``--devices``: worker processes on one study), ``report`` (result rows, ranking,
+``best.toml``, the plot).
 
 Conventions:
 
@@ -35,8 +39,9 @@ Conventions:
   if fewer than ``trials`` finished or running trials precede it (a claim beyond the total is
   closed at once as FAIL with the user attribute ``gpunet_surplus``). A running trial records
   its worker (host, pid namespace, pid, process start time) and a heartbeat; a RUNNING trial
-  whose process is gone (same host) or whose heartbeat is older than ``stale_after`` seconds is
-  marked FAIL by the next worker that looks.
+  whose heartbeat is older than ``stale_after`` seconds (or, on a journal file, whose process
+  on the same host is gone) is marked FAIL by the next worker that looks; on a database the
+  heartbeat is Optuna's, judged by the database server's clock (``study``'s docstring).
 - **Rounds.** With ``rounds = K`` the total is cut into K rounds of (nearly) equal size. Round
   ``r > 0`` waits for round ``r - 1`` to finish, then samples from each numeric range shrunk,
   in its sampling scale, to the span of the best quarter (at least 2) of round ``r - 1``'s
@@ -67,11 +72,11 @@ from .space import (
     SearchSpace,
     default_space,
 )
-from .study import make_storage
+from .storage import StorageError, make_storage
 
 __all__ = [
     "Param", "SearchSpace", "TrialRow", "TuneResult", "default_space", "make_storage",
     "round_of", "round_sizes", "tune", "best_config_toml", "write_plot", "SCALES",
     "DEFAULT_SCALES", "TUNABLE", "SCALE_TABLE", "Scale", "fmt_value", "rank_key", "Callback",
-    "TUNE_STREAM", "TOP_FRACTION", "MARGIN", "MIN_MARGIN",
+    "TUNE_STREAM", "TOP_FRACTION", "MARGIN", "MIN_MARGIN", "StorageError",
 ]

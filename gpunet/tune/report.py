@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,8 @@ class TuneResult:
     seconds: float
     ran_here: int
     note: str | None = None
+    #: with ``workers``: each worker process (number, pid, device, trials run, exit)
+    workers: list[dict[str, Any]] | None = None
 
     def count(self, state: str) -> int:
         return sum(r.state == state for r in self.rows)
@@ -123,10 +126,15 @@ class TuneResult:
             "best_config": str(self.best_config) if self.best_config else None,
             "plot": str(self.plot) if self.plot else None,
             "seconds": round(self.seconds, 3), "note": self.note,
+            **({"workers": self.workers} if self.workers is not None else {}),
         }
 
 
 # ====================================================================== best configuration
+#: how every ``best.toml`` starts (an existing file that does not is never replaced)
+BEST_TOML_HEAD = "# gpunet tune: best trial #"
+
+
 def best_config_toml(best: TrialRow, base: TrainConfig, space: SearchSpace, study: str,
                      epochs: int) -> str:
     """The best trial's configuration as a ``gpunet train --config`` file."""
@@ -138,7 +146,7 @@ def best_config_toml(best: TrialRow, base: TrainConfig, space: SearchSpace, stud
     cfg = cfg.resolve()
     cfg.out = None
     cfg.epochs = int(epochs)
-    head = (f"# gpunet tune: best trial #{best.number} of study {study!r} "
+    head = (f"{BEST_TOML_HEAD}{best.number} of study {study!r} "
             f"({'baseline' if best.baseline else f'round {best.round + 1}'}): "
             f"val_acc {best.value:.4f} after {epochs} epochs\n"
             f"# train it with: gpunet train --config best.toml\n")
@@ -161,6 +169,35 @@ def write_best_config(result: TuneResult, base: TrainConfig, space: SearchSpace,
 # ====================================================================== the plot
 PLOT_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
                "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
+
+
+#: the PNG text chunk that marks a plot as ours (an existing file without it is never replaced)
+PLOT_SOFTWARE = "gpunet tune"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def is_our_plot(path: Path) -> bool:
+    """Whether ``path`` is a PNG whose ``Software`` text chunk (before the image data) says
+    ``gpunet tune``; reads 64 chunk headers at most."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != PNG_SIGNATURE:
+                return False
+            for _ in range(64):
+                head = f.read(8)
+                if len(head) < 8:
+                    return False
+                size, kind = struct.unpack(">I4s", head)
+                if kind in (b"IDAT", b"IEND") or size > 1 << 20:
+                    return False
+                body = f.read(size)
+                f.seek(4, 1)   # the chunk's CRC
+                if kind == b"tEXt" and body.split(b"\0", 1) == [
+                        b"Software", PLOT_SOFTWARE.encode()]:
+                    return True
+    except OSError:
+        return False
+    return False
 
 
 def require_matplotlib() -> None:
@@ -244,7 +281,7 @@ def write_plot(result: TuneResult, path: str | Path) -> Path:
     """Validation accuracy against the learning rate (log axis), one colour per round, each
     round's box (its lr range by its accuracy range), the baseline as a dashed line and the
     best trial as a star. Drawn with the Agg canvas; pyplot's global state is not touched.
-    The PNG replaces ``path`` atomically."""
+    The PNG (its ``Software`` text chunk ``gpunet tune``) replaces ``path`` atomically."""
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -259,5 +296,6 @@ def write_plot(result: TuneResult, path: str | Path) -> Path:
     _plot_marks(ax, result, floor, below)
     fig.tight_layout()
     p.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(p, lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_write(p, lambda tmp: fig.savefig(tmp, format="png",
+                                            metadata={"Software": PLOT_SOFTWARE}))
     return p

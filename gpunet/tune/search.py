@@ -23,6 +23,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..errors import ConfigError, GpunetError, TrainingDiverged
+from .job import Job, check_outputs, make_folder, make_job, open_data
 from .report import (
     TuneResult,
     rank_key,
@@ -31,8 +32,9 @@ from .report import (
     write_best_config,
     write_plot,
 )
-from .space import SearchSpace, default_space
-from .study import FINISHED, Heartbeat, TuneStudy, require_optuna
+from .space import SearchSpace
+from .storage import StorageError, require_optuna
+from .study import FINISHED, Heartbeat, TuneStudy
 
 #: the SeedSequence child that seeds trial sampling (model: 0 and 1, shuffling: 2)
 TUNE_STREAM = 3
@@ -76,9 +78,9 @@ class TrialRun:
     epoch's validation accuracy and, with ``prune``, stops a trial the pruner gives up on;
     ``run`` tells the study how the trial ended and returns the row the ``trial`` event shows."""
 
-    def __init__(self, study: TuneStudy, trial: Any, prune: bool, heartbeat: float) -> None:
+    def __init__(self, study: TuneStudy, trial: Any, prune: bool, beat: Heartbeat) -> None:
         self.study, self.trial, self.prune = study, trial, prune
-        self.beat = Heartbeat(trial, heartbeat)
+        self.beat = beat
         self.t0 = time.perf_counter()
 
     def __call__(self, event: str, info: dict[str, Any]) -> None:
@@ -102,6 +104,8 @@ class TrialRun:
             self.study.tell(trial, None, "PRUNED")
             out.update(state="PRUNED", error=str(e))
             return out
+        except StorageError:
+            raise   # the storage is gone: the trial stays RUNNING until its heartbeat is stale
         except (TrainingDiverged, GpunetError, FloatingPointError, MemoryError) as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             trial.set_user_attr("gpunet_error", msg)
@@ -170,6 +174,7 @@ class Search:
         self.say, self.fit = say, fit
         self.ran_here, self.failures = 0, 0
         self.note: str | None = None
+        self._beat: Heartbeat | None = None
 
     def run(self) -> None:
         """Claim and train trials until the study holds ``trials`` finished ones (or the rest
@@ -213,13 +218,25 @@ class Search:
         return TrialPlan(rnd, False, values, sp.config_for(self.base, values))
 
     def _train(self, trial: Any, rank: int) -> None:
-        plan = self._plan(trial, rank)
-        trial.set_user_attr("gpunet_values", _jsonable(plan.values))
-        cfg = plan.cfg
-        cfg.out = str(self.study.trials_dir / f"{self.study.name}-{trial.number}")
-        self.ran_here += 1
-        row = TrialRun(self.study, trial, self.prune, self.heartbeat).run(self.fit, cfg, self.ds)
-        shutil.rmtree(cfg.out, ignore_errors=True)
+        with self.study.beating(trial) as beat:
+            self._beat = beat
+            try:
+                plan = self._plan(trial, rank)
+                trial.set_user_attr("gpunet_values", _jsonable(plan.values))
+                cfg = plan.cfg
+                cfg.out = str(self.study.run_dir(trial.number))
+                self.ran_here += 1
+                try:
+                    row = TrialRun(self.study, trial, self.prune, beat).run(self.fit, cfg,
+                                                                            self.ds)
+                finally:
+                    shutil.rmtree(self.study.run_dir(trial.number), ignore_errors=True)
+            except StorageError:
+                raise   # nothing can be recorded; the heartbeat check fails the trial later
+            except BaseException:
+                # stopped before training started (Ctrl-C, SIGTERM, a planning error)
+                self.study.fail_running(trial, "interrupted")
+                raise
         self.failures = self.failures + 1 if row["state"] == "FAIL" else 0
         self.say("trial", {**row, "number": trial.number, "round": plan.round + 1,
                            "rounds": self.rounds, "values": plan.values,
@@ -249,7 +266,7 @@ class Search:
         """Round ``r``'s stored space, as soon as a worker stored it; None once round ``r - 1``
         has no running trial (other than ``trial``). Polls every ``WAIT_POLL`` seconds,
         keeping ``trial``'s heartbeat and failing stale trials (saying ``wait`` once)."""
-        beat = Heartbeat(trial, self.heartbeat)
+        beat = self._beat or self.study.beating(trial)
         waited = False
         while True:
             stored = self.study.space_attr(r)
@@ -286,91 +303,17 @@ class Search:
 
 
 # ====================================================================== tune
-def _check_options(trials: int, rounds: int, epochs: int, pruner: str, heartbeat: float,
-                   stale_after: float) -> None:
-    if isinstance(trials, bool) or int(trials) < 1:
-        raise ConfigError(f"--trials must be >= 1, got {trials}")
-    if int(rounds) < 1 or int(rounds) > int(trials):
-        raise ConfigError(f"--rounds must be between 1 and --trials ({trials}), got {rounds}")
-    if int(epochs) < 1:
-        raise ConfigError(f"--epochs must be >= 1, got {epochs}")
-    if pruner not in ("none", "median"):
-        raise ConfigError(f"unknown --pruner {pruner!r}: use median or none")
-    if heartbeat <= 0 or stale_after <= heartbeat:
-        raise ConfigError("stale_after must exceed the heartbeat interval, both positive")
-
-
-def _base_config(config: TrainConfig | dict[str, Any] | None, data: str, epochs: int,
-                 seed: int | None, device: str | None) -> tuple[TrainConfig, str]:
-    """The checked base configuration (the tune options win) and the configured device,
-    which ``best.toml`` keeps (not this worker's)."""
-    base = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config or {})
-    over: dict[str, Any] = {"data": data, "epochs": int(epochs), "out": None, "patience": 0}
-    if seed is not None:
-        over["seed"] = int(seed)
-    if device is not None:
-        over["device"] = device
-    toml_device = base.device
-    base = base.updated(over, source="the tune options")
-    base.resolve()  # a bad base configuration fails here, before any trial
-    return base, toml_device
-
-
-def _search_space(space: SearchSpace | str | Path | None, base: TrainConfig) -> SearchSpace:
-    if isinstance(space, (str, Path)):
-        space = SearchSpace.load(space)
-    space = space if space is not None else default_space(base.optimizer)
-    space.check_against(base)
-    return space
-
-
-def _open_data(base: TrainConfig, data: str) -> Any:
-    """The training and validation splits; the test split is dropped (never read)."""
-    from ..data import open_dataset
-
-    ds = open_dataset(base.data, x_key=base.x_key, y_key=base.y_key, val=base.val,
-                      val_split=base.val_split, seed=base.seed,
-                      allow_external=base.allow_external_data,
-                      **({"memory_budget": base.memory_budget}
-                         if base.memory_budget is not None else {}))
-    if ds.val is None:
-        raise ConfigError(f"{data} has no validation set (no val group and --val-split 0); "
-                          "tuning needs one (the test split is never used)")
-    return dataclasses.replace(ds, test=None)
-
-
-def _make_folder(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create output folder {out_dir}: "
-                          f"{e.strerror or type(e).__name__}") from None
-
-
-def _settings_key(base: TrainConfig, space: SearchSpace, epochs: int,
-                  baseline: bool) -> dict[str, Any]:
-    """What every worker of a study must agree on: the data, epochs, base configuration
-    (less the per-worker settings), space and baseline."""
-    data = str(Path(base.data).resolve()) if Path(base.data).exists() else str(base.data)
-    b = base.to_dict()
-    for k in ("device", "out", "data", "memory_budget"):
-        b.pop(k, None)
-    return {"version": 1, "data": data, "epochs": int(epochs), "base": b,
-            "space": space.to_dict(), "baseline": bool(baseline)}
-
-
-def _result(study: TuneStudy, search: Search, epochs: int, t_start: float) -> TuneResult:
-    rounds = search.rounds
+def _result(job: Job, study: TuneStudy, ran_here: int, note: str | None,
+            t_start: float) -> TuneResult:
     spaces = []
-    for r in range(rounds):
+    for r in range(job.rounds):
         s = study.space_attr(r)
         if s is not None:
             spaces.append({"round": r + 1, **s})
-    return TuneResult(study=study.name, storage=study.storage, trials=search.trials,
-                      rounds=rounds, epochs=int(epochs), rows=trial_rows(study.trials()),
+    return TuneResult(study=study.name, storage=study.storage, trials=job.trials,
+                      rounds=job.rounds, epochs=job.epochs, rows=trial_rows(study.trials()),
                       spaces=spaces, best_config=None, best_toml=None, plot=None,
-                      seconds=time.perf_counter() - t_start, ran_here=search.ran_here,
-                      note=search.note)
+                      seconds=time.perf_counter() - t_start, ran_here=ran_here, note=note)
 
 
 def tune(
@@ -393,6 +336,9 @@ def tune(
     heartbeat: float = 10.0,
     stale_after: float = 120.0,
     max_failures: int = 20,
+    workers: int = 1,
+    devices: str | None = None,
+    storage_retry: float = 30.0,
 ) -> TuneResult:
     """Random search (``rounds`` > 1: coarse to fine) in a shared Optuna study until it holds
     ``trials`` finished trials; see ``gpunet.tune``'s docstring for every convention.
@@ -401,41 +347,70 @@ def tune(
     ``data`` given here win). ``storage``: a journal file path or an Optuna URL (default
     ``<out>/study.journal``); ``study``: its name (default: the data's stem); ``out``: the
     folder for trial runs (deleted as each ends) and ``best.toml`` (default
-    ``runs/tune-<study>``). ``callback(event, info)`` hears ``start``, ``round``, ``trial``,
-    ``wait``, ``stale`` and ``end``. Writes ``best.toml`` (a ``gpunet train --config`` file)
-    and, with ``plot``, a PNG.
+    ``runs/tune-<study>``). ``workers`` > 1 or ``devices`` (``"0,1"`` or ``"all"``: that many
+    workers per GPU) trains in that many worker processes (``gpunet.tune.pool``).
+    ``heartbeat`` / ``stale_after``: seconds between a running trial's heartbeats, and
+    without one before it counts as stale; ``storage_retry``: seconds a lost database
+    connection is retried. ``callback(event, info)`` hears ``start``, ``round``, ``trial``,
+    ``wait``, ``stale`` and ``end`` (and, with workers, ``worker-died``, ``worker-error`` and
+    ``worker-output``; their events carry ``worker``). Writes ``best.toml`` (a
+    ``gpunet train --config`` file) and, with ``plot``, a PNG; never replaces a file gpunet
+    did not write.
     """
-    from ..train import fit
-
     t_start = time.perf_counter()
     say = callback or (lambda event, info: None)
-    _check_options(trials, rounds, epochs, pruner, heartbeat, stale_after)
     if plot is not None:
         require_matplotlib()
     require_optuna()
-    base, toml_device = _base_config(config, data, epochs, seed, device)
-    space = _search_space(space, base)
-    name = study or Path(str(data)).stem or "study"
-    out_dir = Path(out) if out is not None else Path("runs") / f"tune-{name}"
-    storage_desc = str(storage) if storage is not None else str(out_dir / "study.journal")
-    ds = _open_data(base, data)   # a bad file fails before any folder or study exists
-    _make_folder(out_dir)
-    st = TuneStudy.open(name, storage_desc, out_dir / "trials", pruner=pruner, epochs=epochs,
-                        stale_after=stale_after, say=say)
-    st.check_settings(_settings_key(base, space, epochs, baseline))
-    if st.space_attr(0) is None:
-        st.store_space(0, space.to_dict())
-    say("start", {"study": name, "storage": storage_desc, "trials": int(trials),
-                  "rounds": int(rounds), "epochs": int(epochs), "space": space.describe(),
-                  "device": base.device, "n_train": ds.train.n, "n_val": ds.val.n})
-    search = Search(st, base, space, ds, trials=trials, rounds=rounds, baseline=baseline,
-                    prune=pruner != "none", heartbeat=heartbeat, max_failures=max_failures,
-                    say=say, fit=fit)
-    search.run()
-    result = _result(st, search, epochs, t_start)
-    write_best_config(result, dataclasses.replace(base, device=toml_device), space, out_dir)
+    job = make_job(data, trials, rounds=rounds, epochs=epochs, space=space, config=config,
+                   storage=storage, study=study, out=out, seed=seed, device=device,
+                   pruner=pruner, baseline=baseline, heartbeat=heartbeat,
+                   stale_after=stale_after, retry_for=storage_retry, max_failures=max_failures)
+    plans = _worker_plans(workers, devices, device)
+    check_outputs(job.out_dir, plot)
+    ds = open_data(job.base, data)   # a bad file fails before any folder or study exists
+    make_folder(job.out_dir)
+    st = job.open_study(say)
+    say("start", {"study": job.name, "storage": st.storage, "trials": job.trials,
+                  "rounds": job.rounds, "epochs": job.epochs, "space": job.space.describe(),
+                  "device": job.base.device, "n_train": ds.train.n, "n_val": ds.val.n,
+                  **({"workers": [p.describe() for p in plans]} if plans else {})})
+    if plans:
+        ds = None   # the workers open the data themselves
+    result = _search(job, st, ds, plans, say, t_start)
+    write_best_config(result, dataclasses.replace(job.base, device=job.toml_device), job.space,
+                      job.out_dir)
     if plot is not None:
+        check_outputs(job.out_dir, plot)
         result.plot = write_plot(result, plot)
     result.seconds = time.perf_counter() - t_start
     say("end", result.summary())
     return result
+
+
+def _search(job: Job, st: TuneStudy, ds: Any, plans: list[Any], say: Callback,
+            t_start: float) -> TuneResult:
+    """Search in this process, or in the worker processes ``plans`` (which open the data
+    themselves); the result as the study holds it."""
+    if not plans:
+        search = job.search(st, ds, say)
+        search.run()
+        return _result(job, st, search.ran_here, search.note, t_start)
+    from .pool import Pool
+
+    pool = Pool(job, plans, st, say)
+    pool.run()
+    result = _result(job, st, pool.ran, pool.note, t_start)
+    result.workers = pool.summary()
+    return result
+
+
+def _worker_plans(workers: int, devices: str | None, device: str | None) -> list[Any]:
+    """The worker processes to start (none: this process searches alone)."""
+    if isinstance(workers, bool) or int(workers) < 1 or int(workers) > 1024:
+        raise ConfigError(f"--workers must be between 1 and 1024, got {workers}")
+    if int(workers) == 1 and devices is None:
+        return []
+    from .pool import plan_workers
+
+    return plan_workers(int(workers), devices, device)

@@ -1,73 +1,43 @@
-"""The Optuna side of a search: storages, the study as one worker sees it, and stale trials.
+"""The Optuna side of a search: the study as one worker sees it, and stale trials.
 
 A worker claims a trial with ``study.ask()``. A running trial records its worker (``Worker``:
-host with the pid namespace, pid, process start time) and a heartbeat; a RUNNING trial whose
-process is gone (same host) or whose heartbeat is older than ``stale_after`` seconds is marked
-FAIL by the next worker that looks (``TuneStudy.fail_stale``).
+host with the pid namespace, pid, process start time). Stale trials (their worker is gone) are
+marked FAIL by the next worker that looks (``TuneStudy.fail_stale``), in one of two ways:
+
+- **Journal files** (one host, or a file system several hosts share): a RUNNING trial whose
+  process is gone (same host) or whose ``gpunet_heartbeat`` attribute (refreshed every
+  ``heartbeat`` seconds during training) is older than ``stale_after`` seconds.
+- **Relational databases** (shared beyond one host): Optuna's own heartbeat. A thread records
+  the trial's heartbeat in the database every ``heartbeat`` seconds (rounded up to whole
+  seconds) while the trial runs; a RUNNING trial whose last heartbeat is older than
+  ``stale_after`` seconds by the *database server's* clock is failed
+  (``optuna.storages.fail_stale_trials``). No process-id check: pids mean nothing on
+  another host, and hosts' clocks need not agree.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, GpunetError
 from .space import Param
+from .storage import StorageError, is_shared_db, make_storage, redact, require_optuna
 
 #: trial states that count towards ``trials`` (FAIL never does)
 FINISHED = ("COMPLETE", "PRUNED")
-
-
-def require_optuna() -> Any:
-    """The ``optuna`` module, or a one-line ``ConfigError`` saying how to install it."""
-    try:
-        import optuna
-    except ImportError:
-        raise ConfigError("gpunet tune needs optuna: pip install 'gpunet[tune]'") from None
-    return optuna
-
-
-def make_storage(url: str | Path) -> Any:
-    """An Optuna storage: a journal file for a path (created with its folder), a
-    ``JournalRedisBackend`` for ``redis://``, an ``RDBStorage`` for any other URL
-    (``sqlite:///x.db``, ``postgresql://...``)."""
-    optuna = require_optuna()
-    s = str(url)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if s.startswith("redis://") or s.startswith("rediss://"):
-            from optuna.storages.journal import JournalRedisBackend
-
-            return optuna.storages.JournalStorage(JournalRedisBackend(s))
-        if "://" in s:
-            try:
-                return optuna.storages.RDBStorage(s)
-            except Exception as e:  # noqa: BLE001 - driver / connection errors vary
-                raise ConfigError(f"cannot open storage {s}: {str(e).splitlines()[0]}") from None
-        return optuna.storages.JournalStorage(_journal_file(optuna, Path(s).expanduser()))
-
-
-def _journal_file(optuna: Any, p: Path) -> Any:
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create the folder of storage {p}: "
-                          f"{e.strerror or type(e).__name__}") from None
-    if p.is_dir():
-        raise ConfigError(f"storage {p} is a folder; give a journal file path")
-    try:
-        from optuna.storages.journal import JournalFileBackend
-    except ImportError:  # pragma: no cover - optuna < 4
-        from optuna.storages import JournalFileStorage as JournalFileBackend
-    return JournalFileBackend(str(p))
 
 
 def planned_sampler() -> Any:
@@ -149,48 +119,106 @@ class Worker:
 
 
 class Heartbeat:
-    """Calling it refreshes ``trial``'s ``gpunet_heartbeat`` once ``every`` seconds passed."""
+    """Keeps a running ``trial`` alive for the stale-trial check, every ``every`` seconds.
 
-    def __init__(self, trial: Any, every: float) -> None:
-        self.trial, self.every, self.last = trial, every, time.monotonic()
+    Journal (``rdb`` None): calling it refreshes the ``gpunet_heartbeat`` attribute once
+    ``every`` seconds passed (training calls it from ``fit``'s callback). Database: a thread
+    records Optuna's heartbeat from ``__enter__`` to ``__exit__``; calling it does nothing.
+    A failing beat is left for the search's own next storage call to report."""
+
+    def __init__(self, trial: Any, every: float, rdb: Any = None) -> None:
+        self.trial, self.every, self.rdb = trial, every, rdb
+        self.last = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def __call__(self) -> None:
-        if time.monotonic() - self.last > self.every:
+        if self.rdb is None and time.monotonic() - self.last > self.every:
             self.trial.set_user_attr("gpunet_heartbeat", time.time())
             self.last = time.monotonic()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(max(1, math.ceil(self.every))):
+            with contextlib.suppress(Exception):
+                self.rdb.record_heartbeat(self.trial._trial_id)
+
+    def __enter__(self) -> Heartbeat:
+        if self.rdb is not None:
+            self._thread = threading.Thread(target=self._beat, name="gpunet-heartbeat",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def folder_slug(name: str) -> str:
+    """The study's part of its trial folders' names: ``name`` itself when it is a plain file
+    name (letters, digits, ``_ . -``, not starting with a dot, at most 64 characters), else
+    those characters kept (others as ``_``) and 8 hex digits of its SHA-256 added, so a name
+    such as ``../../x`` can never make a folder outside ``<out>/trials``."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".")[:64]
+    if safe == name and safe:
+        return safe
+    return f"{safe or 'study'}-{hashlib.sha256(name.encode('utf-8', 'replace')).hexdigest()[:8]}"
 
 
 # ====================================================================== the study
 class TuneStudy:
     """One gpunet study as this worker sees it: the Optuna study ``st``, the planned-value
-    sampler, this ``worker`` and the folder of trial runs."""
+    sampler, this ``worker``, the folder of trial runs and, on a database, its ``rdb``
+    storage (Optuna's heartbeat); ``storage`` is the storage as shown (no password)."""
 
     def __init__(self, optuna: Any, st: Any, sampler: Any, name: str, storage: str,
                  trials_dir: Path, stale_after: float,
-                 say: Callable[[str, dict[str, Any]], None]) -> None:
+                 say: Callable[[str, dict[str, Any]], None], rdb: Any = None,
+                 heartbeat: float = 10.0) -> None:
         self.optuna, self.st, self.sampler = optuna, st, sampler
-        self.name, self.storage, self.trials_dir = name, storage, trials_dir
-        self.stale_after, self.say = stale_after, say
+        self.name, self.storage, self.trials_dir = name, redact(storage), trials_dir
+        self.stale_after, self.say, self.rdb, self.heartbeat = stale_after, say, rdb, heartbeat
+        self.slug = folder_slug(name)
         self.worker = Worker()
 
     @classmethod
     def open(cls, name: str, storage: str, trials_dir: Path, *, pruner: str, epochs: int,
-             stale_after: float, say: Callable[[str, dict[str, Any]], None]) -> TuneStudy:
+             stale_after: float, say: Callable[[str, dict[str, Any]], None],
+             heartbeat: float = 10.0, retry_for: float = 30.0) -> TuneStudy:
         """Create or load the study ``name`` in ``storage`` (maximizing; refused otherwise)."""
         optuna = require_optuna()
-        store = make_storage(storage)
+        db = is_shared_db(storage)
+        store = make_storage(storage, heartbeat=heartbeat if db else None,
+                             stale_after=stale_after, retry_for=retry_for, say=say)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         sampler = planned_sampler()
         prun = (optuna.pruners.MedianPruner(n_startup_trials=5,
                                             n_warmup_steps=max(1, int(epochs) // 3))
                 if pruner == "median" else optuna.pruners.NopPruner())
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            st = optuna.create_study(study_name=name, storage=store, sampler=sampler,
-                                     pruner=prun, direction="maximize", load_if_exists=True)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                st = optuna.create_study(study_name=name, storage=store, sampler=sampler,
+                                         pruner=prun, direction="maximize", load_if_exists=True)
+        except (GpunetError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever a damaged storage raises
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise StorageError(f"cannot open study {name!r} in {redact(storage)}: "
+                               f"{type(e).__name__}: {msg}") from None
         if st.directions != [optuna.study.StudyDirection.MAXIMIZE]:
-            raise ConfigError(f"study {name!r} in {storage} is not a gpunet tune study")
-        return cls(optuna, st, sampler, name, storage, trials_dir, stale_after, say)
+            raise ConfigError(f"study {name!r} in {redact(storage)} is not a gpunet tune study")
+        return cls(optuna, st, sampler, name, storage, trials_dir, stale_after, say,
+                   rdb=store if db else None, heartbeat=heartbeat)
+
+    def beating(self, trial: Any) -> Heartbeat:
+        """The heartbeat that keeps ``trial`` from being taken for stale (see the module)."""
+        return Heartbeat(trial, self.heartbeat, self.rdb)
+
+    def run_dir(self, number: int) -> Path:
+        """Trial ``number``'s run folder, always directly inside ``trials_dir``."""
+        return self.trials_dir / f"{self.slug}-{int(number)}"
 
     # ------------------------------------------------------------------ reading
     def trials(self) -> list[Any]:
@@ -228,25 +256,54 @@ class TuneStudy:
 
     # ------------------------------------------------------------------ stale trials
     def fail_stale(self) -> None:
-        """Mark stale RUNNING trials FAIL (saying ``stale``), then remove the run folders of
-        this study's finished trials (a killed worker leaves its folder)."""
-        now = time.time()
-        fail = self.optuna.trial.TrialState.FAIL
-        for t in self.trials():
-            if t.state.name == "RUNNING" and self.worker.is_stale(t, now, self.stale_after):
-                with contextlib.suppress(Exception):  # another worker may beat us to it
-                    self.st.tell(t.number, state=fail, skip_if_finished=True)
-                    self.say("stale", {"number": t.number})
+        """Mark stale RUNNING trials FAIL (saying ``stale``; see the module for the two
+        tests), then remove the run folders of this study's finished trials (a killed worker
+        leaves its folder)."""
+        if self.rdb is not None:
+            stale: list[int] = []
+            self.rdb.heartbeat_stale_trial_callback = lambda study, t: stale.append(t.number)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", self.optuna.exceptions.ExperimentalWarning)
+                self.optuna.storages.fail_stale_trials(self.st)
+            for n in stale:
+                self.say("stale", {"number": n})
+        else:
+            now = time.time()
+            fail = self.optuna.trial.TrialState.FAIL
+            for t in self.trials():
+                if t.state.name == "RUNNING" and self.worker.is_stale(t, now, self.stale_after):
+                    with contextlib.suppress(Exception):  # another worker may beat us to it
+                        self.st.tell(t.number, state=fail, skip_if_finished=True)
+                        self.say("stale", {"number": t.number})
         self._remove_finished_folders()
 
+    def fail_dead(self, pid: int, why: str) -> list[int]:
+        """Mark FAIL (``gpunet_error`` = ``why``) the RUNNING trials of worker process ``pid``
+        on this host, which the caller knows is gone; returns their numbers."""
+        host = self.worker.identity["host"]
+        done = []
+        for t in self.trials():
+            w = t.user_attrs.get("gpunet_worker")
+            if t.state.name == "RUNNING" and isinstance(w, dict) and w.get("pid") == pid \
+                    and w.get("host") == host:
+                with contextlib.suppress(Exception):   # its heartbeat check may beat us
+                    self.st._storage.set_trial_user_attr(t._trial_id, "gpunet_error", why)
+                    self.st.tell(t.number, state=self.optuna.trial.TrialState.FAIL,
+                                 skip_if_finished=True)
+                    done.append(t.number)
+        return done
+
     def _remove_finished_folders(self) -> None:
-        if not self.trials_dir.exists():
+        """Remove ``<trials_dir>/<slug>-<number>`` folders (real folders, not links) of this
+        study's trials that are no longer RUNNING; nothing else is touched."""
+        if not self.trials_dir.is_dir() or self.trials_dir.is_symlink():
             return
         states = {t.number: t.state.name for t in self.trials()}
+        head = f"{self.slug}-"
         for d in self.trials_dir.iterdir():
-            num = d.name.rsplit("-", 1)[-1]
-            if d.name.startswith(f"{self.name}-") and num.isdigit() \
-                    and states.get(int(num), "RUNNING") != "RUNNING":
+            num = d.name[len(head):]
+            if d.name.startswith(head) and num.isdigit() and d.is_dir() \
+                    and not d.is_symlink() and states.get(int(num), "RUNNING") != "RUNNING":
                 shutil.rmtree(d, ignore_errors=True)
 
     # ------------------------------------------------------------------ writing
@@ -254,9 +311,15 @@ class TuneStudy:
         """Ask for a trial, record this worker and a heartbeat on it; returns it with its rank
         (finished or running trials before it), or None for a claim beyond ``total`` (closed
         at once as FAIL with ``gpunet_surplus``: another worker took the last place)."""
-        trial = self.st.ask()
+        with warnings.catch_warnings():
+            # Optuna's heartbeat is meant for Study.optimize; ask/tell keeps it by hand here
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = self.st.ask()
         trial.set_user_attr("gpunet_worker", self.worker.identity)
-        trial.set_user_attr("gpunet_heartbeat", time.time())
+        if self.rdb is not None:
+            self.rdb.record_heartbeat(trial._trial_id)
+        else:
+            trial.set_user_attr("gpunet_heartbeat", time.time())
         rank = sum(1 for t in self.active(self.trials()) if t.number < trial.number)
         if rank >= total:
             trial.set_user_attr("gpunet_surplus", True)
@@ -274,6 +337,14 @@ class TuneStudy:
                 trial.suggest_int(p.name, int(p.low), int(p.high), log=p.scale_spec.optuna_log)
             else:
                 trial.suggest_float(p.name, p.low, p.high, log=p.scale_spec.optuna_log)
+
+    def fail_running(self, trial: Any, why: str) -> None:
+        """Mark ``trial`` FAIL (``gpunet_error`` = ``why``) unless it already ended."""
+        with contextlib.suppress(Exception):
+            if self.st._storage.get_trial(trial._trial_id).state.name == "RUNNING":
+                trial.set_user_attr("gpunet_error", why)
+                self.st.tell(trial, state=self.optuna.trial.TrialState.FAIL,
+                             skip_if_finished=True)
 
     def tell(self, trial: Any, value: float | None, state: str) -> bool:
         """Tell the study how ``trial`` ended (``state``: a ``TrialState`` name); False if
