@@ -229,7 +229,12 @@ def test_sigterm_stops_every_worker_and_leaves_the_study_consistent(tmp_path, da
     st = load_study(out / "study.journal", "w")
     ts = st.get_trials()
     assert "RUNNING" not in states(st)
-    assert st.trials[number].user_attrs.get("gpunet_error") == "interrupted"
+    # the trial seen running was stopped, unless it finished before the signal arrived (a
+    # loaded machine); every trial that failed failed because of the interrupt
+    seen = st.trials[number]
+    assert seen.state.name == "COMPLETE" or seen.user_attrs.get("gpunet_error") == "interrupted"
+    assert all(t.user_attrs.get("gpunet_error") == "interrupted" for t in ts
+               if t.state.name == "FAIL")
     for t in ts:   # every worker process is gone
         with pytest.raises(ProcessLookupError):
             os.kill(t.user_attrs["gpunet_worker"]["pid"], 0)
