@@ -91,10 +91,10 @@ class CupyBackend(Backend):
 
     # ------------------------------------------------------------------ batch norm
     def batchnorm_forward_train(self, x: Array, gamma: Array, beta: Array, running_mean: Array,
-                                running_var: Array, momentum: float, eps: float,
+                                running_var: Array, momentum: float | Array, eps: float,
                                 relu: bool = False,
                                 out: Array | None = None) -> tuple[Array, Array, Array]:
-        ok = self._ok_2d(x) and x.shape[0] >= 2
+        ok = self._ok_2d(x) and x.shape[0] >= 2 and np.ndim(momentum) == 0
         if ok:
             c = (x.shape[1],)
             ok = (all(self._ok(a, 1, c) for a in (gamma, beta, running_mean, running_var))

@@ -91,7 +91,7 @@ class NumpyBackend(Backend):
     # ------------------------------------------------------------------ batch norm
     def batchnorm_forward_train(
         self, x: Array, gamma: Array, beta: Array, running_mean: Array, running_var: Array,
-        momentum: float, eps: float, relu: bool = False, out: Array | None = None,
+        momentum: float | Array, eps: float, relu: bool = False, out: Array | None = None,
     ) -> tuple[Array, Array, Array]:
         out = self._out(out, x.shape, x.dtype)
         return bn.batchnorm_forward_train(self.pool, x, gamma, beta, running_mean, running_var,
@@ -115,7 +115,7 @@ class NumpyBackend(Backend):
 
     def batchnorm_forward_train_inplace(
         self, x: Array, gamma: Array, beta: Array, running_mean: Array, running_var: Array,
-        momentum: float, eps: float, relu: bool = False, out: Array | None = None,
+        momentum: float | Array, eps: float, relu: bool = False, out: Array | None = None,
         relu_mask: Array | None = None,
     ) -> tuple[Array, Array, Array]:
         out = self._out(out, x.shape, x.dtype)
