@@ -366,7 +366,8 @@ class Backend:
         n, kc = logits.shape
         k = labels.shape[1]
         z = logits.reshape(n, k, kc // k)
-        dl = self._out(dlogits, logits.shape, logits.dtype).reshape(z.shape)
+        out = self._out(dlogits, logits.shape, logits.dtype)
+        dl = out.reshape(z.shape)
         at_label = (xp.arange(n)[:, None], xp.arange(k)[None, :], labels)
         xp.subtract(z, z.max(axis=2, keepdims=True), out=dl)  # shifted logits
         target = dl[at_label]
@@ -384,7 +385,7 @@ class Backend:
             total = w.sum(axis=1)
             losses = (w * nll).sum(axis=1) / total
             dl *= (w / total[:, None]).T[:, :, None]
-        return losses.astype(logits.dtype, copy=False), dl.reshape(logits.shape)
+        return losses.astype(logits.dtype, copy=False), out
 
     # ------------------------------------------------------------------ dropout
     def dropout_mask(self, shape: tuple[int, ...], p: float, rng: np.random.Generator) -> Array:
