@@ -66,6 +66,25 @@ def fit(
     leaving the last good checkpoint as it was.
     """
     t_start = time.perf_counter()
+    driver, finished = start_run(config, backend, resume=resume, dataset=dataset,
+                                 callback=callback)
+    if not finished:
+        driver.train()
+    return driver.finish(t_start, resume, driver.changed)
+
+
+def start_run(
+    config: TrainConfig | dict[str, Any],
+    backend: Backend | str | None = None,
+    *,
+    resume: str | Path | None = None,
+    dataset: Any = None,
+    callback: Callback | None = None,
+) -> tuple[_Driver, bool]:
+    """``fit`` up to its epoch loop (the arguments are ``fit``'s): the checked config and
+    data, the ``TrainState`` (fresh or from ``resume``), the run folder begun and ``start``
+    announced. Returns the run's driver and whether a resumed run has nothing left to train.
+    ``gpunet.packed`` starts each member of a pack this way."""
     cfg, ck, changed = _prepare_config(config, resume)
     run = RunFolder(str(cfg.out))
     if ck is None and run.holds_run():
@@ -77,10 +96,9 @@ def fit(
     state = (TrainState.fresh(cfg, ds, be) if ck is None
              else TrainState.from_checkpoint(ck, cfg, ds, be))
     driver = _Driver(cfg, run, state, ds, callback)
+    driver.changed = changed
     run.create()  # after every input check: bad input leaves no empty folder
-    if not driver.begin(resume, changed):
-        driver.train()
-    return driver.finish(t_start, resume, changed)
+    return driver, driver.begin(resume, changed)
 
 
 def _prepare_config(config: TrainConfig | dict[str, Any], resume: str | Path | None
@@ -170,6 +188,8 @@ class _Driver:
         self.classes = [str(c) for c in ds.classes] or [str(i) for i in range(ds.n_classes)]
         self.best_arrays: dict[str, np.ndarray] | None = None  # best.h5's weights
         self.history: list[dict[str, Any]] = []
+        #: what the config changes from a resumed checkpoint's
+        self.changed: dict[str, list[Any]] = {}
 
     def begin(self, resume: str | Path | None, changed: dict[str, list[Any]]) -> bool:
         """Start or continue the run folder, announce ``start``; returns whether a resumed
