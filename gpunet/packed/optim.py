@@ -55,12 +55,14 @@ class PackedOptimizer:
         def col(values: list[float]) -> Array:
             return be.asarray(np.asarray(values, dtype=np.float32))
 
-        def hyper(name: str, alias: str = "") -> Array:
-            return col([float(getattr(o, name, getattr(o, alias, 0.0) if alias else 0.0))
+        def hyper(name: str, alias: str = "", unused: float = 0.0) -> Array:
+            """Members whose kind has no such hyperparameter hold ``unused`` (their rows
+            are not committed by the other kinds' ops; 1 keeps them finite there)."""
+            return col([float(getattr(o, name, getattr(o, alias, unused) if alias else unused))
                         for o in self.members])
 
         self.beta1 = hyper("beta1", "beta")  # Momentum's beta rides in beta1
-        self.beta2, self.eps = hyper("beta2"), hyper("eps")
+        self.beta2, self.eps = hyper("beta2"), hyper("eps", unused=1.0)
         self.decay = col([o.weight_decay for o in self.members])
         self.lr = col([o.lr for o in self.members])
         self.t = be.asarray(np.array([o.t for o in self.members], dtype=np.int64))
