@@ -11,9 +11,11 @@
 #   tests     python3 -m pytest tests/test_cupy_backend.py -q
 #   kernels   python3 benchmarks/kernels.py --json $OUT/kernels.json  (the table)
 #   train     gpunet train digits on the GPU and on the CPU, metrics side by side
+#   packed    benchmarks/packed.py --device gpu (packed trials per minute, torch.func beside)
 #   extra     benchmarks/train_step.py when it exists, then every benchmarks/gpu_check.d/*.sh
 # With $OUT set, each step's log is also written to $OUT/<step>.log, the kernel results to
-# $OUT/kernels.json and a summary to $OUT/summary.txt. GPU_CHECK_STEPS="tests train ..." runs
+# $OUT/kernels.json, the packed-trials figures to $OUT/packed.json and a summary to
+# $OUT/summary.txt. GPU_CHECK_STEPS="tests train ..." runs
 # only the steps named (gpu, install and pytest always run); GPU_CHECK_D=0 leaves out the
 # gpu_check.d scripts from the extra step.
 # Time limits per step keep the whole run well under five minutes.
@@ -212,6 +214,8 @@ KJSON=()
 if [ -n "$OUTDIR" ]; then KJSON=(--json "$OUTDIR/kernels.json"); fi
 step kernels 110 "$PY" benchmarks/kernels.py "${KJSON[@]}"
 step train 60 train_e2e
+step packed 180 env BENCH_JSON="${OUTDIR:+$OUTDIR/packed.json}" "$PY" benchmarks/packed.py \
+    --device gpu
 if [ -f benchmarks/train_step.py ] || [ -d benchmarks/gpu_check.d ]; then
     step extra 240 extra
 fi

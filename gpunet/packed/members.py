@@ -123,7 +123,12 @@ class PackCommit:
 
 
 def _apply(pairs: list[tuple[Path, Path]]) -> None:
+    """Rename each staged file that is still there over its target; one folder fsync per
+    folder afterwards."""
+    folders = []
     for staged, final in pairs:
         if staged.exists():
             os.replace(staged, final)
-            fsync_dir(final.parent)
+            folders.append(final.parent)
+    for folder in dict.fromkeys(folders):
+        fsync_dir(folder)
