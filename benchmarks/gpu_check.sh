@@ -19,16 +19,19 @@
 #   kernels   python3 benchmarks/kernels.py: each fused kernel's time against its target
 #   train     gpunet train digits on the GPU and on the CPU: the metrics side by side, which
 #             must agree within float tolerance
+#   packed    benchmarks/packed.py --device gpu: packed trials per minute at K = 1, 4, 16, 64,
+#             PyTorch's torch.func stacked models beside it
 #   extra     benchmarks/train_step.py when it exists, then every benchmarks/gpu_check.d/*.sh
 #             (a GPU checkpoint evaluated with no GPU visible; 1M-sample training times)
 # It prints each step's output between "=== <step> (limit Ns)" and "=== <step>: exit RC after
 # Ns" lines, then a summary (one line per step) and "all steps passed" or "FAILED: <steps>".
 # With $OUT set, each step's log is also written to $OUT/<step>.log, the kernel results to
-# $OUT/kernels.json, the train_step results to $OUT/train_step.json and the summary to
-# $OUT/summary.txt.
+# $OUT/kernels.json, the train_step results to $OUT/train_step.json, the packed-trials figures
+# to $OUT/packed.json and the summary to $OUT/summary.txt.
 # Selecting steps: GPU_CHECK_STEPS="tests train" runs only the steps named (gpu, install and
 # pytest always run); GPU_CHECK_D=0 leaves the gpu_check.d scripts out of the extra step.
-# The step limits below add up to under 13 minutes; extra (up to 4 minutes) takes longest.
+# The step limits below add up to 9 minutes (540 s), so the whole check fits one 10-minute
+# device call with time to spare; on an H100 it took about 3 minutes before the packed step.
 
 set -u
 cd "$(dirname "$0")/.." || exit 2
@@ -208,15 +211,15 @@ ensure_pytest() {
 
 export -f gpu_info can_import make_overlay install train_e2e extra pytest_run ensure_pytest
 
-step gpu 30 gpu_info
-step install 90 install
+step gpu 20 gpu_info
+step install 60 install
 if [ -f "$ENVFILE" ]; then
     # shellcheck disable=SC1090
     . "$ENVFILE"
     export PYTHONPATH
     echo "using the PYTHONPATH overlay: $PYTHONPATH"
 fi
-step pytest 60 ensure_pytest
+step pytest 30 ensure_pytest
 # every test file with GPU cases (tests/test_gpu_check.py checks that none is missing), then
 # the optimizer tests and the NumPy backend's threaded fast paths (more cores here)
 GPU_TEST_FILES=(
@@ -224,13 +227,15 @@ GPU_TEST_FILES=(
     tests/test_torch_parity.py tests/test_step.py tests/test_checkpoint.py
     tests/test_optim.py tests/test_numpy_fastpath.py
 )
-step tests 180 pytest_run "${GPU_TEST_FILES[@]}" -q -rs -p no:cacheprovider --maxfail=10
+step tests 150 pytest_run "${GPU_TEST_FILES[@]}" -q -rs -p no:cacheprovider --maxfail=10
 KJSON=()
 if [ -n "$OUTDIR" ]; then KJSON=(--json "$OUTDIR/kernels.json"); fi
-step kernels 110 "$PY" benchmarks/kernels.py "${KJSON[@]}"
-step train 60 train_e2e
+step kernels 60 "$PY" benchmarks/kernels.py "${KJSON[@]}"
+step train 40 train_e2e
+step packed 90 env BENCH_JSON="${OUTDIR:+$OUTDIR/packed.json}" "$PY" benchmarks/packed.py \
+    --device gpu
 if [ -f benchmarks/train_step.py ] || [ -d benchmarks/gpu_check.d ]; then
-    step extra 240 extra
+    step extra 90 extra
 fi
 
 echo

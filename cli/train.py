@@ -113,6 +113,10 @@ _ALLOW_EXTERNAL_DATA = typer.Option(
     _D.allow_external_data, "--allow-external",
     help="Read HDF5 links, virtual datasets and external raw storage in the data (refused by "
          "default); each is checked first, and a missing source is an error.")
+_REPEATS = typer.Option(
+    None, "--repeats", metavar="K",
+    help="Train K seeds (--seed, --seed + 1, ...) as one pack: member-<i>/ run folders under "
+         "--out and summary.json (mean, std, min, max of validation and test accuracy).")
 _JSON = typer.Option(False, "--json", help="Print one JSON object at the end.")
 _QUIET = typer.Option(False, "--quiet", "-q", help="No progress output.")
 
@@ -154,6 +158,7 @@ def train_command(
     y_key: str | None = _Y_KEY,
     memory_budget: str | None = _MEMORY_BUDGET,
     allow_external_data: bool = _ALLOW_EXTERNAL_DATA,
+    repeats: int | None = _REPEATS,
     json_out: bool = _JSON,
     quiet: bool = _QUIET,
 ) -> None:
@@ -161,6 +166,9 @@ def train_command(
     config.toml into the run folder."""
     from gpunet.train import fit
 
+    if repeats is not None:
+        repeats_command(ctx, data, config, resume, repeats, json_out=json_out, quiet=quiet)
+        return
     cfg, resume_path = command_config(ctx, data, config, resume)
     display = make_display(json_out=json_out, quiet=quiet)
     try:
@@ -173,12 +181,36 @@ def train_command(
         typer.echo(json.dumps(summary))
 
 
+def repeats_command(ctx: typer.Context, data: str | None, config: str | None,
+                    resume: str | None, repeats: int, *, json_out: bool, quiet: bool) -> None:
+    """``--repeats K``: K seeds of the configuration as one pack (``gpunet.train.repeats``)."""
+    from gpunet.train.repeats import fit_repeats, summary_lines
+
+    if repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {repeats}")
+    cfg, _ = command_config(ctx, data, config, resume, member=0)
+    say = None if json_out or quiet else _member_epoch_line
+    summary = fit_repeats(cfg, repeats, resume=resume, callback=say)
+    if json_out:
+        typer.echo(json.dumps(summary))
+    elif not quiet:
+        for line in summary_lines(summary):
+            typer.echo(line)
+
+
+def _member_epoch_line(member: int, event: str, info: dict[str, Any]) -> None:
+    if event == "epoch":
+        typer.echo(f"member-{member}  " + _epoch_line(info))
+
+
 def command_config(ctx: typer.Context, data: str | None, config: str | None,
-                   resume: str | None) -> tuple[TrainConfig, Path | None]:
+                   resume: str | None, member: int | None = None
+                   ) -> tuple[TrainConfig, Path | None]:
     """The run's configuration and the checkpoint to resume (None: a fresh run).
 
     Precedence, lowest first: the defaults, the resumed checkpoint's configuration, the
-    ``--config`` file, the options given on the command line."""
+    ``--config`` file, the options given on the command line. With ``member`` (a repeated
+    run) the checkpoint is that member's, in ``<out>/member-<member>/``."""
     from gpunet.checkpoint import load as load_checkpoint
     from gpunet.train import resolve_resume
 
@@ -193,7 +225,12 @@ def command_config(ctx: typer.Context, data: str | None, config: str | None,
         raise ConfigError("use either --val FILE or --val-split F, not both")
     if "val_split" in explicit and "val" not in explicit:
         explicit["val"] = None  # --val-split on the command line beats a val file elsewhere
-    resume_path = resolve_resume(resume, explicit.get("out") or file_cfg.get("out"))
+    out = explicit.get("out") or file_cfg.get("out")
+    if member is not None and out:
+        from gpunet.train.repeats import member_dir
+
+        out = member_dir(out, member)
+    resume_path = resolve_resume(resume, out)
     if resume_path is not None:
         ck = load_checkpoint(resume_path)
         base = TrainConfig.from_dict(ck.config, source=f"checkpoint {resume_path}")

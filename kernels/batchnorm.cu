@@ -21,7 +21,7 @@
 // read are the last ones the statistics pass left in L2.
 //
 // Kernel names follow the backend op they serve (docs/architecture.md, "Op table"):
-// batchnorm_forward_train_{stats,finish,apply}, batchnorm_forward_infer,
+// batchnorm_forward_train_{stats,finish,finish_colmomentum,apply}, batchnorm_forward_infer,
 // batchnorm_backward_{reduce,finish,apply}; _v1 / _v4 are the scalar and float4 variants.
 
 #define BN_MAX_THREADS 256
@@ -174,20 +174,14 @@ extern "C" __global__ void batchnorm_forward_train_stats_v4(
 // write mean, invstd, the shifted mean and gamma * invstd, update the running statistics:
 // running = running * (1 - momentum) + momentum * stat, the variance unbiased by n / (n - 1)
 // (unbias_m = momentum * n / (n - 1), computed on the host as the reference does).
-extern "C" __global__ void batchnorm_forward_train_finish(const float* __restrict__ x,
-                                           const float* __restrict__ pmean,
-                                           const float* __restrict__ pm2, int nchunks, int rpc,
-                                           int n, int C, const float* __restrict__ gamma,
-                                           float eps, float momentum, float one_minus_m,
-                                           float unbias_m, float* __restrict__ mean_out,
-                                           float* __restrict__ invstd_out,
-                                           float* __restrict__ dmean_out,
-                                           float* __restrict__ scale_out,
-                                           float* __restrict__ running_mean,
-                                           float* __restrict__ running_var)
+__device__ __forceinline__ void batchnorm_forward_train_finish_body(
+    int c, const float* __restrict__ x, const float* __restrict__ pmean,
+    const float* __restrict__ pm2, int nchunks, int rpc, int n, int C,
+    const float* __restrict__ gamma, float eps, float momentum, float one_minus_m,
+    float unbias_m, float* __restrict__ mean_out, float* __restrict__ invstd_out,
+    float* __restrict__ dmean_out, float* __restrict__ scale_out,
+    float* __restrict__ running_mean, float* __restrict__ running_var)
 {
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
     float mean = 0.0f, m2 = 0.0f, cnt = 0.0f;
     for (int k = 0; k < nchunks; ++k) {
         const int left = n - k * rpc;
@@ -204,6 +198,47 @@ extern "C" __global__ void batchnorm_forward_train_finish(const float* __restric
     scale_out[c] = invstd * gamma[c];
     running_mean[c] = running_mean[c] * one_minus_m + momentum * full_mean;
     running_var[c] = running_var[c] * one_minus_m + unbias_m * var;
+}
+
+extern "C" __global__ void batchnorm_forward_train_finish(const float* __restrict__ x,
+                                           const float* __restrict__ pmean,
+                                           const float* __restrict__ pm2, int nchunks, int rpc,
+                                           int n, int C, const float* __restrict__ gamma,
+                                           float eps, float momentum, float one_minus_m,
+                                           float unbias_m, float* __restrict__ mean_out,
+                                           float* __restrict__ invstd_out,
+                                           float* __restrict__ dmean_out,
+                                           float* __restrict__ scale_out,
+                                           float* __restrict__ running_mean,
+                                           float* __restrict__ running_var)
+{
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    batchnorm_forward_train_finish_body(c, x, pmean, pm2, nchunks, rpc, n, C, gamma, eps,
+                                        momentum, one_minus_m, unbias_m, mean_out, invstd_out,
+                                        dmean_out, scale_out, running_mean, running_var);
+}
+
+// The same with a momentum per column (a packed model's members, each momentum repeated over
+// its member's columns), read from device memory; the constants are rounded from double as
+// the host rounds them for the scalar kernel, so a column gets the bits the scalar kernel
+// gives it with that momentum.
+extern "C" __global__ void batchnorm_forward_train_finish_colmomentum(
+    const float* __restrict__ x, const float* __restrict__ pmean,
+    const float* __restrict__ pm2, int nchunks, int rpc, int n, int C,
+    const float* __restrict__ gamma, float eps, const float* __restrict__ momentum,
+    float* __restrict__ mean_out, float* __restrict__ invstd_out,
+    float* __restrict__ dmean_out, float* __restrict__ scale_out,
+    float* __restrict__ running_mean, float* __restrict__ running_var)
+{
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    const double m = (double)momentum[c];
+    batchnorm_forward_train_finish_body(c, x, pmean, pm2, nchunks, rpc, n, C, gamma, eps,
+                                        (float)m, (float)(1.0 - m),
+                                        (float)(m * (double)n / (double)(n - 1)), mean_out,
+                                        invstd_out, dmean_out, scale_out, running_mean,
+                                        running_var);
 }
 
 // Training forward, pass 3: y = ((x - K) - mean_shifted) * (gamma * invstd) + beta [, ReLU].

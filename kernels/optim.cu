@@ -184,3 +184,106 @@ extern "C" __global__ void adam_update_dev(float* __restrict__ w, const float* _
     adam_body(w, g, m, v, mask, n, sc[0], beta1, one_minus_beta1, beta2, one_minus_beta2,
               sc[1], eps, decay, decay_mode);
 }
+
+// ---------------------------------------------------------------- packed members
+// K members' flat vectors as the rows of (K, P) arrays; grid (blocks, K): blockIdx.y is the
+// member, whose scalars are read from device arrays (lr, betas, eps, decay: float32 (K,);
+// Adam's lr_c1 and c2 from adam_update_packed_scalars), so a captured CUDA graph replays with
+// the values written there. A member whose active[k] is false (has_active) is not touched.
+// Each member runs the single kernels' body over its row with its own scalars (1 - beta in
+// float32 is 1 - beta in double rounded once, as the host rounds it): a row gets the bits the
+// single kernel gives that member. decay_mask (P,) is shared (has_mask), else mask is any
+// valid pointer; a member's decay of 0 skips the decay term, as the host does.
+
+__device__ __forceinline__ int packed_decay_mode(float decay, int has_mask)
+{
+    return decay == 0.0f ? 0 : (has_mask ? 2 : 1);
+}
+
+__device__ __forceinline__ bool packed_skip(const bool* __restrict__ active, int has_active)
+{
+    return has_active && !active[blockIdx.y];
+}
+
+extern "C" __global__ void sgd_update_packed(float* __restrict__ w, const float* __restrict__ g,
+                                             const float* __restrict__ mask, long long P,
+                                             const float* __restrict__ lr,
+                                             const float* __restrict__ decay, int has_mask,
+                                             const bool* __restrict__ active, int has_active)
+{
+    if (packed_skip(active, has_active)) return;
+    const int k = blockIdx.y;
+    const long long o = (long long)k * P;
+    sgd_body(w + o, g + o, mask, P, lr[k], decay[k], packed_decay_mode(decay[k], has_mask));
+}
+
+extern "C" __global__ void momentum_update_packed(float* __restrict__ w,
+                                                  const float* __restrict__ g,
+                                                  float* __restrict__ v,
+                                                  const float* __restrict__ mask, long long P,
+                                                  const float* __restrict__ lr,
+                                                  const float* __restrict__ beta,
+                                                  const float* __restrict__ decay, int has_mask,
+                                                  const bool* __restrict__ active,
+                                                  int has_active)
+{
+    if (packed_skip(active, has_active)) return;
+    const int k = blockIdx.y;
+    const long long o = (long long)k * P;
+    const float b = beta[k];
+    momentum_body(w + o, g + o, v + o, mask, P, lr[k], b, 1.0f - b, decay[k],
+                  packed_decay_mode(decay[k], has_mask));
+}
+
+extern "C" __global__ void rmsprop_update_packed(float* __restrict__ w,
+                                                 const float* __restrict__ g,
+                                                 float* __restrict__ s,
+                                                 const float* __restrict__ mask, long long P,
+                                                 const float* __restrict__ lr,
+                                                 const float* __restrict__ beta2,
+                                                 const float* __restrict__ eps,
+                                                 const float* __restrict__ decay, int has_mask,
+                                                 const bool* __restrict__ active,
+                                                 int has_active)
+{
+    if (packed_skip(active, has_active)) return;
+    const int k = blockIdx.y;
+    const long long o = (long long)k * P;
+    const float b2 = beta2[k];
+    rmsprop_body(w + o, g + o, s + o, mask, P, lr[k], b2, 1.0f - b2, eps[k], decay[k],
+                 packed_decay_mode(decay[k], has_mask));
+}
+
+// Per member k (one thread each): sc[2k] = lr[k] / (1 - beta1[k]^t[k]),
+// sc[2k + 1] = 1 - beta2[k]^t[k], in double, as the host computes them for adam_update.
+extern "C" __global__ void adam_update_packed_scalars(const float* __restrict__ lr,
+                                                      const float* __restrict__ beta1,
+                                                      const float* __restrict__ beta2,
+                                                      const long long* __restrict__ t, int K,
+                                                      float* __restrict__ sc)
+{
+    const int k = blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= K) return;
+    const double step = (double)t[k];
+    const double c1 = 1.0 - pow((double)beta1[k], step);
+    sc[2 * k] = (float)((double)lr[k] / c1);
+    sc[2 * k + 1] = (float)(1.0 - pow((double)beta2[k], step));
+}
+
+extern "C" __global__ void adam_update_packed(float* __restrict__ w, const float* __restrict__ g,
+                                              float* __restrict__ m, float* __restrict__ v,
+                                              const float* __restrict__ mask, long long P,
+                                              const float* __restrict__ sc,
+                                              const float* __restrict__ beta1,
+                                              const float* __restrict__ beta2,
+                                              const float* __restrict__ eps,
+                                              const float* __restrict__ decay, int has_mask,
+                                              const bool* __restrict__ active, int has_active)
+{
+    if (packed_skip(active, has_active)) return;
+    const int k = blockIdx.y;
+    const long long o = (long long)k * P;
+    const float b1 = beta1[k], b2 = beta2[k];
+    adam_body(w + o, g + o, m + o, v + o, mask, P, sc[2 * k], b1, 1.0f - b1, b2, 1.0f - b2,
+              sc[2 * k + 1], eps[k], decay[k], packed_decay_mode(decay[k], has_mask));
+}

@@ -281,3 +281,61 @@ extern "C" __global__ void softmax_cross_entropy_loss_reduce(
     const float r = block_sum_pow2(acc, s_buf);
     if (threadIdx.x == 0) loss[0] = r / (has_weights ? total[0] : fn);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Packed cross-entropy: K members' (n, C) logits side by side as (n, K*C), that is n*K rows of
+// width C, row r = i*K + k being member k's row i; labels (n, K) line up with those rows.
+// The row kernels above run over the n*K rows (without weights: s_i = 1 / n, or 1 with
+// weights, applied next); these kernels add the member axis: one block per member for the
+// weight totals and the losses (the single-member kernels' summation order, so a member's
+// loss has the bits the single op gives it), and the per-member class weights.
+
+// total[k] = sum_i weights[k, labels[i, k]] (labels outside [0, C) count 0); grid (K,).
+extern "C" __global__ void softmax_cross_entropy_packed_weight_total(
+    const long long* __restrict__ labels, const float* __restrict__ weights, int n, int K,
+    int C, float* __restrict__ total)
+{
+    __shared__ float s_buf[SM_BLOCK_MAX];
+    const int k = blockIdx.x;
+    float acc = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const long long y = labels[(long long)i * K + k];
+        acc += (y >= 0 && y < C) ? weights[(long long)k * C + y] : 0.0f;
+    }
+    const float r = block_sum_pow2(acc, s_buf);
+    if (threadIdx.x == 0) total[k] = r;
+}
+
+// With class weights, after the row kernel ran with s_i = 1: out[r, j] *= w_r / total[k],
+// rowloss[r] = w_r * rowloss[r], w_r = weights[k, labels[r]] (k = r % K); grid-stride over
+// the n*K*C elements.
+extern "C" __global__ void softmax_cross_entropy_packed_weight_apply(
+    const long long* __restrict__ labels, const float* __restrict__ weights,
+    const float* __restrict__ total, int rows, int K, int C, float* __restrict__ out,
+    float* __restrict__ rowloss)
+{
+    const long long size = (long long)rows * C;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < size;
+         e += stride) {
+        const long long r = e / C;
+        const int k = (int)(r % K);
+        const long long y = labels[r];
+        const float w = (y >= 0 && y < C) ? weights[(long long)k * C + y] : 0.0f;
+        out[e] = out[e] * (w / total[k]);
+        if (e - r * C == 0) rowloss[r] = w * rowloss[r];
+    }
+}
+
+// losses[k] = sum_i rowloss[i, k] / (total[k] if has_weights else fn); grid (K,).
+extern "C" __global__ void softmax_cross_entropy_packed_loss_reduce(
+    const float* __restrict__ rowloss, int n, int K, const float* __restrict__ total,
+    int has_weights, float fn, float* __restrict__ losses)
+{
+    __shared__ float s_buf[SM_BLOCK_MAX];
+    const int k = blockIdx.x;
+    float acc = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) acc += rowloss[(long long)i * K + k];
+    const float r = block_sum_pow2(acc, s_buf);
+    if (threadIdx.x == 0) losses[k] = r / (has_weights ? total[k] : fn);
+}

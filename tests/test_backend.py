@@ -255,7 +255,8 @@ def test_adam_first_step_hand_computed(be):
 OPS = ["matmul", "matmuls", "batchnorm_forward_train", "batchnorm_forward_infer",
        "batchnorm_backward", "batchnorm_forward_train_inplace", "batchnorm_backward_inplace",
        "softmax", "softmax_cross_entropy", "sgd_update", "momentum_update", "rmsprop_update",
-       "adam_update"]
+       "adam_update", "matmul_batched", "softmax_cross_entropy_packed", "sgd_update_packed",
+       "momentum_update_packed", "rmsprop_update_packed", "adam_update_packed"]
 
 
 @pytest.mark.parametrize("cls", [NumpyBackend, CupyBackend])

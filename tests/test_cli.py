@@ -398,7 +398,7 @@ def test_config_params_are_the_train_config_keys():
     assert set(CONFIG_PARAMS) == set(TrainConfig.keys()) - {"data"}
     params = set(inspect.signature(train_command).parameters)
     assert params - set(CONFIG_PARAMS) == {"ctx", "data", "config", "resume", "json_out",
-                                           "quiet"}
+                                           "quiet", "repeats"}
     assert set(CONFIG_PARAMS) <= params
     cmd = typer.main.get_command(app).commands["train"]
     defaults = TrainConfig()

@@ -485,7 +485,12 @@ OPS = {"batchnorm_forward_train": "batchnorm_forward_train_",
        "batchnorm_backward": "batchnorm_backward_", "softmax": "softmax_",
        "softmax_cross_entropy": "softmax_cross_entropy_", "sgd_update": "sgd_update",
        "momentum_update": "momentum_update", "rmsprop_update": "rmsprop_update",
-       "adam_update": "adam_update", "optimizer_scalars": "optimizer_scalars"}
+       "adam_update": "adam_update", "optimizer_scalars": "optimizer_scalars",
+       "softmax_cross_entropy_packed": "softmax_cross_entropy_packed_",
+       "sgd_update_packed": "sgd_update_packed",
+       "momentum_update_packed": "momentum_update_packed",
+       "rmsprop_update_packed": "rmsprop_update_packed",
+       "adam_update_packed": "adam_update_packed"}
 
 
 def test_one_name_per_op_from_backend_method_to_kernel():

@@ -470,3 +470,70 @@ def test_mlp_second_backward_after_in_place_batchnorm_is_an_error(rng):
     model.backward(dl)
     with pytest.raises(RuntimeError, match="one per backward"):
         model.backward(dl)
+
+
+# ---------------------------------------------------------------- ops with a member axis
+PACKED_OVERRIDES = ["matmul_batched", "sgd_update_packed", "momentum_update_packed",
+                    "rmsprop_update_packed", "adam_update_packed"]
+
+
+@pytest.mark.parametrize("op", PACKED_OVERRIDES)
+def test_packed_fast_paths_are_overrides(op):
+    assert getattr(NumpyBackend, op) is not getattr(Backend, op)
+
+
+@pytest.mark.parametrize("k,m,p,q,shared", [(5, 64, 64, 128, False), (3, 7, 5, 3, True),
+                                            (16, 256, 256, 256, False),
+                                            (4, 300, 333, 257, True)])
+def test_matmul_batched_fastpath_matches_reference_and_float64(nb, rng, k, m, p, q, shared):
+    """Small products in one call, large ones split by members over the threads; out as
+    member views of an (m, K*q) activation."""
+    a = rng.standard_normal((m, p) if shared else (k, m, p)).astype(np.float32)
+    b = rng.standard_normal((k, p, q)).astype(np.float32)
+    fast, ref = (np.full((m, k * q), np.nan, np.float32) for _ in range(2))
+    members = lambda z: z.reshape(m, k, q).transpose(1, 0, 2)  # noqa: E731
+    assert nb.matmul_batched(a, b, members(fast)) is not None
+    Backend.matmul_batched(nb, a, b, members(ref))
+    want = a.astype(np.float64) @ b
+    assert rel(members(fast), want) < 1e-5
+    assert rel(members(fast), members(ref)) < 1e-5
+
+
+@pytest.mark.parametrize("opt", ["sgd", "momentum", "rmsprop", "adam"])
+@pytest.mark.parametrize("k,p", [(5, 1000), (3, (1 << 18) + 5), (1, 1)])
+def test_optimizer_packed_fastpath_rows_are_the_single_fastpath(nb, rng, opt, k, p):
+    """Each active row through the single chunked update: bit for bit the single override
+    with that member's scalars, within rounding of the packed reference and of float64;
+    the inactive row untouched."""
+    w, g = (rng.standard_normal((k, p)).astype(np.float32) for _ in range(2))
+    s1 = rng.uniform(0, 0.01, (k, p)).astype(np.float32)
+    s2 = rng.uniform(0, 0.01, (k, p)).astype(np.float32)
+    lr = rng.uniform(1e-3, 0.1, k).astype(np.float32)
+    b1, b2 = rng.uniform(0.5, 0.95, k).astype(np.float32), rng.uniform(0.9, 0.999, k)
+    b2 = b2.astype(np.float32)
+    eps = rng.choice(np.array([1e-8, 1e-6, 1e-3], np.float32), k)
+    decay = rng.choice(np.array([0.0, 1e-3, 0.1], np.float32), k)
+    t = rng.integers(1, 50, k)
+    mask = (rng.random(p) < 0.7).astype(np.float32)
+    active = np.arange(k) != k - 1 if k > 1 else None
+    args = {"sgd": (lr,), "momentum": (lr, b1), "rmsprop": (lr, b2, eps),
+            "adam": (lr, b1, b2, eps, t)}[opt]
+    nstate = {"sgd": 0, "momentum": 1, "rmsprop": 1, "adam": 2}[opt]
+    fast = [a.copy() for a in (w, s1, s2)[:nstate + 1]]
+    ref = [a.copy() for a in fast]
+    getattr(nb, f"{opt}_update_packed")(fast[0], g, *fast[1:], *args, decay, mask, active)
+    getattr(Backend, f"{opt}_update_packed")(nb, ref[0], g, *ref[1:], *args, decay, mask,
+                                             active)
+    for i in range(k):
+        solo = [a[i].copy() for a in (w, s1, s2)[:nstate + 1]]
+        if active is not None and not active[i]:
+            for f, s in zip(fast, solo, strict=True):
+                np.testing.assert_array_equal(f[i], s)
+            continue
+        scalars = [float(a[i]) if a.dtype.kind == "f" else int(a[i]) for a in args]
+        getattr(nb, f"{opt}_update")(solo[0], g[i], *solo[1:], *scalars, float(decay[i]),
+                                     mask)
+        scale = max(np.abs(a[i]).max() for a in (w, g, s1, s2))
+        for f, r, s in zip(fast, ref, solo, strict=True):
+            np.testing.assert_array_equal(f[i], s)
+            assert R.scaled_err(f[i], r[i], scale) < 1e-6

@@ -90,6 +90,20 @@ class Backend:
         for a, b, out in products:
             self.matmul(a, b, out=out)
 
+    def matmul_batched(self, a: Array, b: Array, out: Array) -> Array:
+        """``out[k] = a[k] @ b[k]`` for each of K members: ``a`` (K, m, p) or a shared
+        (m, p), ``b`` (K, p, q), ``out`` (K, m, q). Strided views are allowed (e.g.
+        ``z.reshape(n, K, C).transpose(1, 0, 2)`` of an (n, K*C) activation) when one of the
+        last two axes of each has unit stride (docs/architecture.md, "Conventions")."""
+        for k in range(b.shape[0]):
+            self.xp.matmul(a if a.ndim == 2 else a[k], b[k], out=out[k])
+        return out
+
+    def matmuls_batched(self, products: list[tuple[Array, Array, Array]]) -> None:
+        """``matmul_batched(a, b, out)`` for every independent ``(a, b, out)``."""
+        for a, b, out in products:
+            self.matmul_batched(a, b, out)
+
     def add_bias(self, z: Array, b: Array) -> Array:
         """``z += b`` over rows, in place."""
         self.xp.add(z, b, out=z)
@@ -147,7 +161,7 @@ class Backend:
         beta: Array,
         running_mean: Array,
         running_var: Array,
-        momentum: float,
+        momentum: float | Array,
         eps: float,
         relu: bool = False,
         out: Array | None = None,
@@ -160,7 +174,9 @@ class Backend:
         in float64 (the backward centres x with it), ``invstd`` in x's dtype. In place:
         ``running_mean = (1 - momentum) * running_mean + momentum * mean`` and
         ``running_var = (1 - momentum) * running_var + momentum * var * n / (n - 1)``
-        (PyTorch's momentum; Keras' 0.99 is 0.01 here).
+        (PyTorch's momentum; Keras' 0.99 is 0.01 here). ``momentum`` is a float or a float32
+        (C,) array, one value per column (a packed model's per-member momenta, each repeated
+        over its member's columns).
         """
         xp, n = self.xp, x.shape[0]
         if n < 2:
@@ -245,7 +261,7 @@ class Backend:
         beta: Array,
         running_mean: Array,
         running_var: Array,
-        momentum: float,
+        momentum: float | Array,
         eps: float,
         relu: bool = False,
         out: Array | None = None,
@@ -334,6 +350,43 @@ class Backend:
             dl *= (w / total)[:, None]
         return xp.asarray(loss, dtype=logits.dtype), dl
 
+    def softmax_cross_entropy_packed(
+        self,
+        logits: Array,
+        labels: Array,
+        class_weights: Array | None = None,
+        dlogits: Array | None = None,
+    ) -> tuple[Array, Array]:
+        """``softmax_cross_entropy`` for K members at once: ``logits`` (n, K*c) contiguous
+        (member k's logits in columns ``k*c:(k+1)*c``), int ``labels`` (n, K) (member k's
+        label of row i), ``class_weights`` None or float32 (K, c). Returns ``(losses,
+        dlogits)``: float32 (K,) losses, member k's as the single op gives it for member k
+        alone, and (n, K*c) ``dlogits`` with member k's gradient in its columns."""
+        xp = self.xp
+        n, kc = logits.shape
+        k = labels.shape[1]
+        z = logits.reshape(n, k, kc // k)
+        out = self._out(dlogits, logits.shape, logits.dtype)
+        dl = out.reshape(z.shape)
+        at_label = (xp.arange(n)[:, None], xp.arange(k)[None, :], labels)
+        xp.subtract(z, z.max(axis=2, keepdims=True), out=dl)  # shifted logits
+        target = dl[at_label]
+        xp.exp(dl, out=dl)
+        sumexp = dl.sum(axis=2)
+        nll = xp.ascontiguousarray((xp.log(sumexp) - target).T)  # (K, n): member rows
+        dl /= sumexp[:, :, None]
+        dl[at_label] -= 1
+        if class_weights is None:
+            losses = nll.mean(axis=1)
+            dl *= np.float32(1.0 / n)
+        else:
+            w = xp.ascontiguousarray(class_weights[xp.arange(k)[:, None], labels.T],
+                                     dtype=logits.dtype)  # (K, n)
+            total = w.sum(axis=1)
+            losses = (w * nll).sum(axis=1) / total
+            dl *= (w / total[:, None]).T[:, :, None]
+        return losses.astype(logits.dtype, copy=False), out
+
     # ------------------------------------------------------------------ dropout
     def dropout_mask(self, shape: tuple[int, ...], p: float, rng: np.random.Generator) -> Array:
         """Inverted-dropout mask: ``keep / (1 - p)`` with ``keep ~ Bernoulli(1 - p)``.
@@ -415,6 +468,72 @@ class Backend:
         m_hat = m / (1 - beta1**step)
         v_hat = v / (1 - beta2**step)
         w -= lr * m_hat / (self.xp.sqrt(v_hat) + eps)
+
+    # ------------------------------------------------------------ optimizers, packed
+    # K members' flat vectors as the rows of (K, P) arrays; per-member scalars are (K,)
+    # arrays (float32; Adam's step counts int64), ``active`` a bool (K,) array or None (all).
+    # Row k is what the single op above gives for member k's scalars; rows with
+    # ``active[k] == False`` (w and state) are left as they are, bit for bit.
+    def _commit(self, active: Array | None, *pairs: tuple[Array, Array]) -> None:
+        """``dst[...] = new`` for each ``(dst, new)``, in the active rows only."""
+        for dst, new in pairs:
+            if active is None:
+                dst[...] = new
+            else:
+                self.xp.copyto(dst, new, where=active.reshape(-1, 1))
+
+    def _decayed_packed(self, w: Array, g: Array, decay: Array,
+                        decay_mask: Array | None) -> Array:
+        """``g + decay[k] * decay_mask * w`` by rows; ``g``'s row itself where
+        ``decay[k] == 0`` (as ``_decayed``)."""
+        d = decay.reshape(-1, 1)
+        return self.xp.where(d != 0, g + d * (w if decay_mask is None else decay_mask * w), g)
+
+    def sgd_update_packed(self, w: Array, g: Array, lr: Array, decay: Array,
+                          decay_mask: Array | None = None, active: Array | None = None) -> None:
+        """``sgd_update`` by rows: ``w[k] -= lr[k] * g[k]``."""
+        g = self._decayed_packed(w, g, decay, decay_mask)
+        self._commit(active, (w, w - lr.reshape(-1, 1) * g))
+
+    def momentum_update_packed(self, w: Array, g: Array, v: Array, lr: Array, beta: Array,
+                               decay: Array, decay_mask: Array | None = None,
+                               active: Array | None = None) -> None:
+        """``momentum_update`` by rows: ``v[k] = beta[k] v[k] + (1 - beta[k]) g[k]``,
+        ``w[k] -= lr[k] v[k]``."""
+        beta = beta.reshape(-1, 1)
+        g = self._decayed_packed(w, g, decay, decay_mask)
+        v_new = beta * v + (1 - beta) * g
+        self._commit(active, (v, v_new), (w, w - lr.reshape(-1, 1) * v_new))
+
+    def rmsprop_update_packed(self, w: Array, g: Array, s: Array, lr: Array, beta2: Array,
+                              eps: Array, decay: Array, decay_mask: Array | None = None,
+                              active: Array | None = None) -> None:
+        """``rmsprop_update`` by rows: ``s[k] = beta2[k] s[k] + (1 - beta2[k]) g[k]^2``,
+        ``w[k] -= lr[k] g[k] / (sqrt(s[k]) + eps[k])``."""
+        beta2 = beta2.reshape(-1, 1)
+        g = self._decayed_packed(w, g, decay, decay_mask)
+        s_new = beta2 * s + (1 - beta2) * g * g
+        w_new = w - lr.reshape(-1, 1) * g / (self.xp.sqrt(s_new) + eps.reshape(-1, 1))
+        self._commit(active, (s, s_new), (w, w_new))
+
+    def adam_update_packed(self, w: Array, g: Array, m: Array, v: Array, lr: Array,
+                           beta1: Array, beta2: Array, eps: Array, t: Array, decay: Array,
+                           decay_mask: Array | None = None,
+                           active: Array | None = None) -> None:
+        """``adam_update`` by rows, member k at its own step ``t[k]`` (1 for its first
+        update): ``m[k] = b1 m[k] + (1 - b1) g[k]``, ``v[k] = b2 v[k] + (1 - b2) g[k]^2``,
+        ``w[k] -= lr (m[k] / (1 - b1^t)) / (sqrt(v[k] / (1 - b2^t)) + eps)`` with member k's
+        ``b1, b2, lr, eps, t``; the bias corrections in float64, as the single op's."""
+        b1, b2 = beta1.reshape(-1, 1), beta2.reshape(-1, 1)
+        step = t.reshape(-1, 1)
+        c1 = (1 - b1.astype(np.float64) ** step).astype(w.dtype)
+        c2 = (1 - b2.astype(np.float64) ** step).astype(w.dtype)
+        g = self._decayed_packed(w, g, decay, decay_mask)
+        m_new = b1 * m + (1 - b1) * g
+        v_new = b2 * v + (1 - b2) * g * g
+        w_new = w - lr.reshape(-1, 1) * (m_new / c1) / (self.xp.sqrt(v_new / c2)
+                                                          + eps.reshape(-1, 1))
+        self._commit(active, (m, m_new), (v, v_new), (w, w_new))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

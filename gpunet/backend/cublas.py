@@ -58,8 +58,11 @@ class CublasGemm:
         lib.cublasSetStream_v2.argtypes = [vp, vp]
         lib.cublasSetMathMode.argtypes = [vp, i]
         lib.cublasSgemm_v2.argtypes = [vp, i, i, i, i, i, vp, vp, i, vp, i, vp, vp, i]
+        ll = ctypes.c_longlong
+        lib.cublasSgemmStridedBatched.argtypes = [vp, i, i, i, i, i, vp, vp, i, ll, vp, i, ll,
+                                                  vp, vp, i, ll, i]
         for fn in (lib.cublasCreate_v2, lib.cublasSetStream_v2, lib.cublasSetMathMode,
-                   lib.cublasSgemm_v2):
+                   lib.cublasSgemm_v2, lib.cublasSgemmStridedBatched):
             fn.restype = i
         self.lib = lib
         handle = vp()
@@ -117,14 +120,17 @@ class CublasGemm:
         except AttributeError:
             return False
 
-    def __call__(self, a: Any, b: Any, out: Any) -> Any:
-        m, k = a.shape
-        n = b.shape[1]
+    def _set_stream(self) -> None:
         stream = self.cp.cuda.get_current_stream().ptr
         if stream != self._stream:
             self._check(self.lib.cublasSetStream_v2(self.handle, ctypes.c_void_p(stream)),
                         "cublasSetStream")
             self._stream = stream
+
+    def __call__(self, a: Any, b: Any, out: Any) -> Any:
+        m, k = a.shape
+        n = b.shape[1]
+        self._set_stream()
         op_b, ld_b = (OP_N, n) if self._layout(b) == "C" else (OP_T, k)
         op_a, ld_a = (OP_N, k) if self._layout(a) == "C" else (OP_T, m)
         status = self.lib.cublasSgemm_v2(
@@ -133,3 +139,104 @@ class CublasGemm:
             ctypes.byref(self._beta), ctypes.c_void_p(out.data.ptr), n)
         self._check(status, "cublasSgemm")
         return out
+
+    # ------------------------------------------------------------ strided batches
+    def accepts_batched(self, a: Any, b: Any, out: Any) -> bool:
+        """Whether ``batched(a, b, out)`` can run: ``a`` (K, m, k) or a shared (m, k),
+        ``b`` (K, k, n), ``out`` (K, m, n), float32 on this device, each member matrix
+        addressable by a leading dimension (``batched_layout``), ``out``'s rows with unit
+        stride, sizes within cuBLAS' 32-bit ints."""
+        try:
+            if not all(isinstance(x, self.cp.ndarray) and x.dtype == np.float32
+                       for x in (a, b, out)):
+                return False
+            if b.ndim != 3 or out.ndim != 3 or a.ndim not in (2, 3):
+                return False
+            kk, p, q = b.shape
+            m = out.shape[1]
+            if (tuple(a.shape[-2:]) != (m, p) or tuple(out.shape) != (kk, m, q)
+                    or a.ndim == 3 and a.shape[0] != kk):
+                return False
+            if min(kk, m, p, q) < 1 or max(kk, m, p, q) > _INT_MAX:
+                return False
+            lay = batched_layout(out)
+            return (lay is not None and lay[0] == OP_N and _members_apart(lay, kk, m, q)
+                    and batched_layout(a) is not None and batched_layout(b) is not None
+                    and not _overlap(out, a) and not _overlap(out, b))
+        except AttributeError:
+            return False
+
+    def batched(self, a: Any, b: Any, out: Any) -> Any:
+        """``out[k] = a[k] @ b[k]`` (a shared 2-D ``a`` for every k) as one
+        ``cublasSgemmStridedBatched``: column-major ``out^T = b^T @ a^T`` per member, each
+        operand addressed by its leading dimension and member stride (0 for a shared ``a``),
+        so member views of (n, K*C) activations need no copies."""
+        op_b, op_a, q, m, p, ld_b, st_b, ld_a, st_a, ld_c, st_c, kk = batched_args(a, b, out)
+        self._set_stream()
+        status = self.lib.cublasSgemmStridedBatched(
+            self.handle, op_b, op_a, q, m, p, ctypes.byref(self._alpha),
+            ctypes.c_void_p(b.data.ptr), ld_b, st_b, ctypes.c_void_p(a.data.ptr), ld_a, st_a,
+            ctypes.byref(self._beta), ctypes.c_void_p(out.data.ptr), ld_c, st_c, kk)
+        self._check(status, "cublasSgemmStridedBatched")
+        return out
+
+
+def batched_args(a: Any, b: Any, out: Any) -> tuple[int, ...]:
+    """The integer arguments of ``cublasSgemmStridedBatched`` for row-major
+    ``out[k] = a[k] @ b[k]`` (``accepts_batched`` holds): ``(transa, transb, M, N, K, lda,
+    strideA, ldb, strideB, ldc, strideC, batch)`` with cuBLAS' A = ``b`` and B = ``a``."""
+    kk, p, q = b.shape
+    m = out.shape[1]
+    op_b, ld_b, st_b = batched_layout(b)  # type: ignore[misc]
+    op_a, ld_a, st_a = batched_layout(a)  # type: ignore[misc]
+    _, ld_c, st_c = batched_layout(out)  # type: ignore[misc]
+    return op_b, op_a, q, m, p, ld_b, st_b, ld_a, st_a, ld_c, st_c, kk
+
+
+def batched_layout(x: Any) -> tuple[int, int, int] | None:
+    """``(op, ld, member stride)`` in elements of a (K, r, c) or shared (r, c) float32 array
+    for a row-major call through column-major cuBLAS: ``OP_N`` when its rows have unit stride
+    (``ld`` = the row stride, at least c), ``OP_T`` when its columns do (a transposed view:
+    ``ld`` = the column stride, at least r); None when neither (or a stride is negative or
+    not whole elements). A shared 2-D array has member stride 0."""
+    r, c = x.shape[-2:]
+    strides = [s // 4 if s % 4 == 0 else -1 for s in x.strides]
+    member = strides[0] if x.ndim == 3 else 0
+    if member < 0 and not (x.ndim == 3 and x.shape[0] == 1):
+        return None
+    member = max(member, 0)
+    s_row, s_col = strides[-2], strides[-1]
+    if s_col == 1 or c == 1:
+        ld = s_row if r > 1 else c
+        if ld >= c:
+            return OP_N, ld, member
+    if s_row == 1 or r == 1:
+        ld = s_col if c > 1 else r
+        if ld >= r:
+            return OP_T, ld, member
+    return None
+
+
+def _members_apart(layout: tuple[int, int, int], k: int, m: int, q: int) -> bool:
+    """Whether the K (m, q) output members of an ``OP_N`` layout share no element: one after
+    the other (member stride at least m rows), or side by side in each row (member stride
+    at least q, all K within the row stride)."""
+    _, ld, stride = layout
+    if k == 1:
+        return True
+    return stride >= m * ld or (stride >= q and (k - 1) * stride + q <= ld)
+
+
+def _overlap(out: Any, x: Any) -> bool:
+    """Whether ``out``'s memory span meets ``x``'s (conservative: spans, not elements)."""
+    def span(a: Any) -> tuple[int, int]:
+        lo = hi = a.data.ptr
+        for n, s in zip(a.shape, a.strides, strict=True):
+            if s < 0:
+                lo += (n - 1) * s
+            else:
+                hi += (n - 1) * s
+        return lo, hi + a.itemsize
+
+    (a0, a1), (b0, b1) = span(out), span(x)
+    return a0 < b1 and b0 < a1

@@ -123,10 +123,12 @@ BATCHNORM_BACKWARD_APPLY = {1: "batchnorm_backward_apply_v1", 4: "batchnorm_back
 
 def batchnorm_forward_train(xp: Any, launch: Launcher, cfg: LaunchConfig, x: Array,
                             gamma: Array, beta: Array, running_mean: Array, running_var: Array,
-                            momentum: float, eps: float, relu: bool,
+                            momentum: float | Array, eps: float, relu: bool,
                             out: Array) -> tuple[Array, Array, Array]:
     """Host side of the fused training forward (3 launches); the formulas are
-    ``Backend.batchnorm_forward_train``'s. Returns ``(out, mean, invstd)``, all float32."""
+    ``Backend.batchnorm_forward_train``'s. Returns ``(out, mean, invstd)``, all float32.
+    ``momentum``: a float, or a float32 (C,) device array read by the finish kernel (the
+    per-column variant, ``batchnorm_forward_train_finish_colmomentum``)."""
     n, c = x.shape
     vs = _vec(c, x)
     grid, block, rpc, nch = batchnorm_geometry(n, c, vs, cfg)
@@ -138,15 +140,20 @@ def batchnorm_forward_train(xp: Any, launch: Launcher, cfg: LaunchConfig, x: Arr
     invstd = xp.empty((c,), dtype=f32)
     dmean = xp.empty((c,), dtype=f32)
     scale = xp.empty((c,), dtype=f32)
-    # constants rounded to float32 from double (f32(1 - 0.999) is closer to 0.001 than
-    # 1 - f32(0.999) is: 1e-8 instead of 1.3e-5 relative)
-    m = f32(momentum)
-    one_minus_m = f32(1.0 - float(momentum))
-    unbias_m = f32(float(momentum) * n / (n - 1))
     g2, b2 = _col_grid(c, cfg)
-    launch("batchnorm.cu", "batchnorm_forward_train_finish", g2, b2,
-           (x, pmean, pm2, i32(nch), i32(rpc), i32(n), i32(c), gamma, f32(eps), m,
-            one_minus_m, unbias_m, mean, invstd, dmean, scale, running_mean, running_var))
+    if np.ndim(momentum):
+        launch("batchnorm.cu", "batchnorm_forward_train_finish_colmomentum", g2, b2,
+               (x, pmean, pm2, i32(nch), i32(rpc), i32(n), i32(c), gamma, f32(eps), momentum,
+                mean, invstd, dmean, scale, running_mean, running_var))
+    else:
+        # constants rounded to float32 from double (f32(1 - 0.999) is closer to 0.001 than
+        # 1 - f32(0.999) is: 1e-8 instead of 1.3e-5 relative)
+        m = f32(momentum)
+        one_minus_m = f32(1.0 - float(momentum))
+        unbias_m = f32(float(momentum) * n / (n - 1))
+        launch("batchnorm.cu", "batchnorm_forward_train_finish", g2, b2,
+               (x, pmean, pm2, i32(nch), i32(rpc), i32(n), i32(c), gamma, f32(eps), m,
+                one_minus_m, unbias_m, mean, invstd, dmean, scale, running_mean, running_var))
     va = _vec(c, x, dmean, scale, beta, out)
     grid, block, rpc, _ = batchnorm_geometry(n, c, va, cfg)
     launch("batchnorm.cu", BATCHNORM_FORWARD_TRAIN_APPLY[va], grid, block,
@@ -246,6 +253,39 @@ def softmax_cross_entropy(xp: Any, launch: Launcher, cfg: LaunchConfig, logits: 
     launch("softmax.cu", "softmax_cross_entropy_loss_reduce", (1, 1, 1), rblock,
            (rowloss, i32(n), total, i32(has_w), f32(n), loss))
     return loss, dlogits
+
+
+def softmax_cross_entropy_packed(xp: Any, launch: Launcher, cfg: LaunchConfig, logits: Array,
+                                 labels: Array, class_weights: Array | None,
+                                 dlogits: Array) -> tuple[Array, Array]:
+    """Host side of the packed cross-entropy: (n, K*c) logits as n*K rows of width c, the
+    row kernel over them in mode 1 (``softmax_warp_*`` / ``softmax_block``), then the member
+    axis: per-member weight totals and weights (with class weights, float32 (K, c)), one
+    loss per member. 2 launches, 4 with class weights. ``labels``: contiguous int64 (n, K).
+    Returns ``(losses (K,), dlogits)``."""
+    n, kc = logits.shape
+    k = labels.shape[1]
+    c, rows = kc // k, n * k
+    name, grid, block = _softmax_kernel(rows, c, cfg)
+    rowloss = xp.empty((rows,), dtype=f32)
+    losses = xp.empty((k,), dtype=f32)
+    has_w = class_weights is not None
+    rblock = (cfg.reduce_threads, 1, 1)
+    total = xp.empty((k,), dtype=f32) if has_w else rowloss  # not read without weights
+    if has_w:
+        launch("softmax.cu", "softmax_cross_entropy_packed_weight_total", (k, 1, 1), rblock,
+               (labels, class_weights, i32(n), i32(k), i32(c), total))
+    # the row kernel without weights: s_i = 1 / n, or 1 for the weights to scale next
+    launch("softmax.cu", name, grid, block,
+           (logits, labels, logits, total, i32(rows), i32(c), i32(1), i32(0),
+            f32(1.0 if has_w else 1.0 / n), dlogits, rowloss))
+    if has_w:
+        launch("softmax.cu", "softmax_cross_entropy_packed_weight_apply",
+               *_ew_grid(rows * c, cfg),
+               (labels, class_weights, total, i32(rows), i32(k), i32(c), dlogits, rowloss))
+    launch("softmax.cu", "softmax_cross_entropy_packed_loss_reduce", (k, 1, 1), rblock,
+           (rowloss, i32(n), i32(k), total, i32(has_w), f32(n), losses))
+    return losses, dlogits
 
 
 # ------------------------------------------------------------------ optimizers
@@ -349,3 +389,67 @@ def adam_update_dev(launch: Launcher, cfg: LaunchConfig, w: Array, g: Array, m: 
         launch("optim.cu", "adam_update_dev", *_ew_grid(w.size, cfg),
                (w, g, m, v, mask, i64(w.size), sc, f32(b1), f32(1.0 - b1), f32(b2),
                 f32(1.0 - b2), f32(eps), d, mode))
+
+
+# ------------------------------------------------------------------ optimizers, packed
+# (K, P) rows, one member per grid row (blockIdx.y); every per-member scalar read from a
+# device array (float32 (K,); Adam's steps int64 (K,)), so a recorded graph replays with the
+# values written there. ``active``: bool (K,) or None (every member).
+def _packed_grid(k: int, p: int, cfg: LaunchConfig) -> tuple[tuple, tuple]:
+    target = max(1, _cdiv(cfg.sm_count * cfg.ew_blocks_per_sm, k))
+    blocks = max(1, min(_cdiv(p, cfg.ew_threads), target))
+    return (blocks, k, 1), (cfg.ew_threads, 1, 1)
+
+
+def _packed_args(xp: Any, g: Array, decay_mask: Array | None,
+                 active: Array | None) -> tuple[Array, Any, Array, Any]:
+    """``(mask, has_mask, active, has_active)`` with valid pointers for the absent ones."""
+    mask = g if decay_mask is None else decay_mask
+    act = active if active is not None else xp.zeros((1,), dtype=np.bool_)  # not read
+    return mask, i32(decay_mask is not None), act, i32(active is not None)
+
+
+def sgd_update_packed(xp: Any, launch: Launcher, cfg: LaunchConfig, w: Array, g: Array,
+                      lr: Array, decay: Array, decay_mask: Array | None,
+                      active: Array | None) -> None:
+    k, p = w.shape
+    if w.size:
+        mask, hm, act, ha = _packed_args(xp, g, decay_mask, active)
+        launch("optim.cu", "sgd_update_packed", *_packed_grid(k, p, cfg),
+               (w, g, mask, i64(p), lr, decay, hm, act, ha))
+
+
+def momentum_update_packed(xp: Any, launch: Launcher, cfg: LaunchConfig, w: Array, g: Array,
+                           v: Array, lr: Array, beta: Array, decay: Array,
+                           decay_mask: Array | None, active: Array | None) -> None:
+    k, p = w.shape
+    if w.size:
+        mask, hm, act, ha = _packed_args(xp, g, decay_mask, active)
+        launch("optim.cu", "momentum_update_packed", *_packed_grid(k, p, cfg),
+               (w, g, v, mask, i64(p), lr, beta, decay, hm, act, ha))
+
+
+def rmsprop_update_packed(xp: Any, launch: Launcher, cfg: LaunchConfig, w: Array, g: Array,
+                          s: Array, lr: Array, beta2: Array, eps: Array, decay: Array,
+                          decay_mask: Array | None, active: Array | None) -> None:
+    k, p = w.shape
+    if w.size:
+        mask, hm, act, ha = _packed_args(xp, g, decay_mask, active)
+        launch("optim.cu", "rmsprop_update_packed", *_packed_grid(k, p, cfg),
+               (w, g, s, mask, i64(p), lr, beta2, eps, decay, hm, act, ha))
+
+
+def adam_update_packed(xp: Any, launch: Launcher, cfg: LaunchConfig, w: Array, g: Array,
+                       m: Array, v: Array, lr: Array, beta1: Array, beta2: Array, eps: Array,
+                       t: Array, decay: Array, decay_mask: Array | None,
+                       active: Array | None) -> None:
+    """Two launches: each member's ``lr / c1`` and ``c2`` on the device (as ``adam_update``'s
+    host code computes them), then the update."""
+    k, p = w.shape
+    if w.size:
+        mask, hm, act, ha = _packed_args(xp, g, decay_mask, active)
+        sc = xp.empty((k, 2), dtype=f32)
+        launch("optim.cu", "adam_update_packed_scalars", *_ew_grid(k, cfg),
+               (lr, beta1, beta2, t, i32(k), sc))
+        launch("optim.cu", "adam_update_packed", *_packed_grid(k, p, cfg),
+               (w, g, m, v, mask, i64(p), sc, beta1, beta2, eps, decay, hm, act, ha))

@@ -91,14 +91,15 @@ class CupyBackend(Backend):
 
     # ------------------------------------------------------------------ batch norm
     def batchnorm_forward_train(self, x: Array, gamma: Array, beta: Array, running_mean: Array,
-                                running_var: Array, momentum: float, eps: float,
+                                running_var: Array, momentum: float | Array, eps: float,
                                 relu: bool = False,
                                 out: Array | None = None) -> tuple[Array, Array, Array]:
         ok = self._ok_2d(x) and x.shape[0] >= 2
         if ok:
             c = (x.shape[1],)
             ok = (all(self._ok(a, 1, c) for a in (gamma, beta, running_mean, running_var))
-                  and self._ok_out(out, x))
+                  and self._ok_out(out, x)
+                  and (np.ndim(momentum) == 0 or self._ok(momentum, 1, c)))
         if not ok:
             return super().batchnorm_forward_train(x, gamma, beta, running_mean, running_var,
                                                    momentum, eps, relu=relu, out=out)
@@ -162,6 +163,25 @@ class CupyBackend(Backend):
         return host.softmax_cross_entropy(xp, self._launch, self.launch_config, logits, labels64,
                                           class_weights, dl)
 
+    def softmax_cross_entropy_packed(self, logits: Array, labels: Array,
+                                     class_weights: Array | None = None,
+                                     dlogits: Array | None = None) -> tuple[Array, Array]:
+        xp = self.xp
+        ok = (self._ok_2d(logits) and self._ok_out(dlogits, logits)
+              and self._on_device(labels) and labels.ndim == 2
+              and labels.shape[0] == logits.shape[0] and labels.dtype.kind in "iu")
+        if ok:
+            k = labels.shape[1]
+            ok = (0 < k and logits.shape[1] % k == 0 and logits.shape[0] * k <= INT_MAX
+                  and (class_weights is None
+                       or self._ok(class_weights, 2, (k, logits.shape[1] // k))))
+        if not ok:
+            return super().softmax_cross_entropy_packed(logits, labels, class_weights, dlogits)
+        labels64 = xp.ascontiguousarray(labels, dtype=xp.int64)
+        dl = self._out(dlogits, logits.shape, logits.dtype)
+        return host.softmax_cross_entropy_packed(xp, self._launch, self.launch_config, logits,
+                                                 labels64, class_weights, dl)
+
     # ------------------------------------------------------------------ optimizers
     def _ok_flat(self, w: Array, *others: Array | None) -> bool:
         if not (self._on_device(w) and self._ok(w, w.ndim)):
@@ -196,6 +216,57 @@ class CupyBackend(Backend):
                                        decay_mask)
         host.adam_update(self._launch, self.launch_config, w, g, m, v, lr, beta1, beta2, eps,
                          step, decay, decay_mask)
+
+    # ------------------------------------------------------------------ optimizers, packed
+    # Every per-member scalar stays in device memory (graph replay); the kernels read
+    # (K, P) float32 rows, (K,) float32 scalars, int64 steps and a bool ``active``.
+    def _ok_packed(self, w: Array, rows: tuple, scalars: tuple, decay_mask: Array | None,
+                   active: Array | None, t: Array | None = None) -> bool:
+        if not (self._ok(w, 2) and 0 < w.shape[0] <= 65535):
+            return False
+        k = (w.shape[0],)
+        return (all(self._ok(a, 2, w.shape) for a in rows)
+                and all(self._ok(a, 1, k) for a in scalars)
+                and (decay_mask is None or self._ok(decay_mask, 1, (w.shape[1],)))
+                and (active is None or (self._on_device(active) and active.dtype == np.bool_
+                                        and active.shape == k and active.flags.c_contiguous))
+                and (t is None or (self._on_device(t) and t.dtype == np.int64
+                                   and t.shape == k and t.flags.c_contiguous)))
+
+    def sgd_update_packed(self, w: Array, g: Array, lr: Array, decay: Array,
+                          decay_mask: Array | None = None, active: Array | None = None) -> None:
+        if not self._ok_packed(w, (g,), (lr, decay), decay_mask, active):
+            return super().sgd_update_packed(w, g, lr, decay, decay_mask, active)
+        host.sgd_update_packed(self.xp, self._launch, self.launch_config, w, g, lr, decay,
+                               decay_mask, active)
+
+    def momentum_update_packed(self, w: Array, g: Array, v: Array, lr: Array, beta: Array,
+                               decay: Array, decay_mask: Array | None = None,
+                               active: Array | None = None) -> None:
+        if not self._ok_packed(w, (g, v), (lr, beta, decay), decay_mask, active):
+            return super().momentum_update_packed(w, g, v, lr, beta, decay, decay_mask, active)
+        host.momentum_update_packed(self.xp, self._launch, self.launch_config, w, g, v, lr, beta,
+                                    decay, decay_mask, active)
+
+    def rmsprop_update_packed(self, w: Array, g: Array, s: Array, lr: Array, beta2: Array,
+                              eps: Array, decay: Array, decay_mask: Array | None = None,
+                              active: Array | None = None) -> None:
+        if not self._ok_packed(w, (g, s), (lr, beta2, eps, decay), decay_mask, active):
+            return super().rmsprop_update_packed(w, g, s, lr, beta2, eps, decay, decay_mask,
+                                                 active)
+        host.rmsprop_update_packed(self.xp, self._launch, self.launch_config, w, g, s, lr,
+                                   beta2, eps, decay, decay_mask, active)
+
+    def adam_update_packed(self, w: Array, g: Array, m: Array, v: Array, lr: Array,
+                           beta1: Array, beta2: Array, eps: Array, t: Array, decay: Array,
+                           decay_mask: Array | None = None,
+                           active: Array | None = None) -> None:
+        if not self._ok_packed(w, (g, m, v), (lr, beta1, beta2, eps, decay), decay_mask,
+                               active, t):
+            return super().adam_update_packed(w, g, m, v, lr, beta1, beta2, eps, t, decay,
+                                              decay_mask, active)
+        host.adam_update_packed(self.xp, self._launch, self.launch_config, w, g, m, v, lr,
+                                beta1, beta2, eps, t, decay, decay_mask, active)
 
     # ------------------------------------------------------------------ device scalars
     # For a step replayed as a CUDA graph: the step count and learning rate live in device
@@ -239,6 +310,16 @@ class CupyBackend(Backend):
             gemm(a, b, out)
             return out
         return super().matmul(a, b, out=out)
+
+    def matmul_batched(self, a: Array, b: Array, out: Array) -> Array:
+        """``out[k] = a[k] @ b[k]`` as one strided-batched GEMM on gpunet's own cuBLAS
+        handle when ``use_own_gemm`` is on and the layouts allow (member views of (n, K*C)
+        activations and their transposes do, a shared 2-D ``a`` too), else the reference."""
+        gemm = self.gemm
+        if gemm is not None and gemm.accepts_batched(a, b, out):
+            gemm.batched(a, b, out)
+            return out
+        return super().matmul_batched(a, b, out)
 
     gemm: Any = None
 

@@ -35,6 +35,14 @@ from .cpu.pool import WorkPool, bound_native_threads
 #: the most threads ``GPUNET_THREADS`` may ask for
 MAX_THREADS = 4096
 
+#: the packed optimizer ops: op name -> (single CPU update, its per-member scalar names)
+PACKED_UPDATES = {
+    "sgd": (optim.sgd_update, ("lr",)),
+    "momentum": (optim.momentum_update, ("lr", "beta")),
+    "rmsprop": (optim.rmsprop_update, ("lr", "beta2", "eps")),
+    "adam": (optim.adam_update, ("lr", "beta1", "beta2", "eps", "t")),
+}
+
 
 def env_threads() -> int | None:
     """``GPUNET_THREADS`` as an integer in 1..``MAX_THREADS``, or None when it is unset or
@@ -100,10 +108,26 @@ class NumpyBackend(Backend):
         if not self.gemm.matmuls(products):
             super().matmuls(products)
 
+    #: batched products of fewer flops than this run as one ``np.matmul`` call; larger
+    #: ones share the members out among the threads
+    MIN_SPLIT_BATCHED_FLOPS = 1 << 25
+
+    def matmul_batched(self, a: Array, b: Array, out: Array) -> Array:
+        """``out[k] = a[k] @ b[k]``: one ``np.matmul`` over all members with the BLAS at one
+        thread, the members shared out among the threads when the products are large."""
+        k, m, q = out.shape
+        with self.gemm.one_thread():
+            if self.threads == 1 or 2 * k * m * q * b.shape[1] < self.MIN_SPLIT_BATCHED_FLOPS:
+                np.matmul(a, b, out=out)
+            else:
+                self.pool.map(lambda s: np.matmul(a if a.ndim == 2 else a[s], b[s], out=out[s]),
+                              self.pool.parts(k, min_size=1))
+        return out
+
     # ------------------------------------------------------------------ batch norm
     def batchnorm_forward_train(
         self, x: Array, gamma: Array, beta: Array, running_mean: Array, running_var: Array,
-        momentum: float, eps: float, relu: bool = False, out: Array | None = None,
+        momentum: float | Array, eps: float, relu: bool = False, out: Array | None = None,
     ) -> tuple[Array, Array, Array]:
         out = self._out(out, x.shape, x.dtype)
         return bn.batchnorm_forward_train(self.pool, x, gamma, beta, running_mean, running_var,
@@ -127,7 +151,7 @@ class NumpyBackend(Backend):
 
     def batchnorm_forward_train_inplace(
         self, x: Array, gamma: Array, beta: Array, running_mean: Array, running_var: Array,
-        momentum: float, eps: float, relu: bool = False, out: Array | None = None,
+        momentum: float | Array, eps: float, relu: bool = False, out: Array | None = None,
         relu_mask: Array | None = None,
     ) -> tuple[Array, Array, Array]:
         out = self._out(out, x.shape, x.dtype)
@@ -182,3 +206,72 @@ class NumpyBackend(Backend):
         with self.gemm.one_thread():
             optim.adam_update(self.pool, self._blas1_for(w, g, m, v), w, g, m, v, lr, beta1,
                               beta2, eps, step, decay, decay_mask)
+
+    # ------------------------------------------------------------------ optimizers, packed
+    def _update_rows(self, opt: str, w: Array, g: Array, states: tuple[Array, ...],
+                     scalars: dict[str, Array], decay: Array, decay_mask: Array | None,
+                     active: Array | None) -> bool:
+        """Each active row through the single op's chunked update (``cpu/optim.py``) with
+        its member's scalars: row k is bit for bit what ``*_update`` gives member k. Rows
+        are shared out among the threads (each row on one) unless a row alone fills them.
+        Returns False, doing nothing, for arrays the rows cannot be taken from."""
+        arrays = (w, g, *states)
+        if not all(isinstance(a, np.ndarray) and a.ndim == 2 and a.shape == w.shape
+                   and a.dtype == np.float32 and a.flags.c_contiguous for a in arrays):
+            return False
+        update, names = PACKED_UPDATES[opt]
+        host = [np.asarray(scalars[n]).tolist() for n in names]
+        dec = np.asarray(decay).tolist()
+        rows = [k for k in range(w.shape[0]) if active is None or active[k]]
+        big = w.shape[1] >= 2 * optim.CHUNK or self.threads == 1
+
+        def run(part: list[int], pool: WorkPool) -> None:
+            for k in part:
+                row = tuple(a[k] for a in arrays)
+                update(pool, self._blas1_for(*row), *row,
+                       *(h[k] for h in host), dec[k], decay_mask)
+
+        with self.gemm.one_thread():
+            if big:
+                run(rows, self.pool)
+            else:
+                parts = [rows[i::self.threads] for i in range(self.threads)]
+                self.pool.map(lambda part: run(part, self._row_pool), parts)
+        return True
+
+    @property
+    def _row_pool(self) -> WorkPool:
+        """A one-thread pool for a row updated on a worker (no nested hand-offs)."""
+        pool = self.__dict__.get("_one_thread_pool")
+        if pool is None:
+            pool = self.__dict__["_one_thread_pool"] = WorkPool(1)
+        return pool
+
+    def sgd_update_packed(self, w: Array, g: Array, lr: Array, decay: Array,
+                          decay_mask: Array | None = None, active: Array | None = None) -> None:
+        if not self._update_rows("sgd", w, g, (), {"lr": lr}, decay, decay_mask, active):
+            super().sgd_update_packed(w, g, lr, decay, decay_mask, active)
+
+    def momentum_update_packed(self, w: Array, g: Array, v: Array, lr: Array, beta: Array,
+                               decay: Array, decay_mask: Array | None = None,
+                               active: Array | None = None) -> None:
+        if not self._update_rows("momentum", w, g, (v,), {"lr": lr, "beta": beta}, decay,
+                                 decay_mask, active):
+            super().momentum_update_packed(w, g, v, lr, beta, decay, decay_mask, active)
+
+    def rmsprop_update_packed(self, w: Array, g: Array, s: Array, lr: Array, beta2: Array,
+                              eps: Array, decay: Array, decay_mask: Array | None = None,
+                              active: Array | None = None) -> None:
+        if not self._update_rows("rmsprop", w, g, (s,), {"lr": lr, "beta2": beta2, "eps": eps},
+                                 decay, decay_mask, active):
+            super().rmsprop_update_packed(w, g, s, lr, beta2, eps, decay, decay_mask, active)
+
+    def adam_update_packed(self, w: Array, g: Array, m: Array, v: Array, lr: Array,
+                           beta1: Array, beta2: Array, eps: Array, t: Array, decay: Array,
+                           decay_mask: Array | None = None,
+                           active: Array | None = None) -> None:
+        if not self._update_rows("adam", w, g, (m, v), {"lr": lr, "beta1": beta1,
+                                 "beta2": beta2, "eps": eps, "t": t}, decay, decay_mask,
+                                 active):
+            super().adam_update_packed(w, g, m, v, lr, beta1, beta2, eps, t, decay,
+                                       decay_mask, active)

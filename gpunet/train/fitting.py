@@ -80,6 +80,29 @@ def fit(
     locked while the run writes to it (``ConfigError`` when another process holds it).
     """
     t_start = time.perf_counter()
+    with start_run(config, backend, resume=resume, dataset=dataset,
+                   callback=callback) as (driver, finished):
+        if not finished:
+            driver.train()
+        return driver.finish(t_start, resume, driver.changed)
+
+
+@contextlib.contextmanager
+def start_run(
+    config: TrainConfig | dict[str, Any],
+    backend: Backend | str | None = None,
+    *,
+    resume: str | Path | None = None,
+    dataset: Any = None,
+    callback: Callback | None = None,
+    prepare: bool = True,
+) -> Iterator[tuple[_Driver, bool]]:
+    """``fit`` up to its epoch loop (the arguments are ``fit``'s), as a context: the checked
+    config and data, the ``TrainState`` (fresh or from ``resume``), then the run folder made,
+    locked (for the ``with`` block) and begun, and ``start`` announced. Yields the run's driver
+    and whether a resumed run has nothing left to train (then nothing is written or locked,
+    unless a kill interrupted a save). ``prepare=False`` leaves out this run's own training
+    step and feed: ``gpunet.packed`` starts each member of a pack this way."""
     cfg, ck, changed = _prepare_config(config, resume)
     resume_path = Path(resume) if resume is not None else None
     stamp = describe_stamp(resume_path) if resume_path is not None else None
@@ -91,6 +114,7 @@ def fit(
     state = (TrainState.fresh(cfg, ds, be) if ck is None
              else TrainState.from_checkpoint(ck, cfg, ds, be))
     driver = _Driver(cfg, run, state, ds, callback)
+    driver.changed = changed
     if resume_path is not None and state.nothing_left(cfg.epochs, cfg.patience):
         # a no-op resume writes nothing, but completes a save a kill interrupted
         if driver.best_is_behind(resume_path) and _same_folder(resume_path.parent, run.out):
@@ -98,14 +122,15 @@ def fit(
                 remove_stale_temps(run.out)
                 driver.restore_best(resume_path)
         driver.announce(resume, finished=True)
-        return driver.finish(t_start, resume, changed)
-    driver.prepare()  # allocates the step's buffers and the feed: may run out of memory
+        yield driver, True
+        return
+    if prepare:
+        driver.prepare()  # allocates the step's buffers and the feed: may run out of memory
     # every input is checked: only now the folder is made, locked and written
     with _locked(run, resume_path, stamp):
         driver.begin(resume, changed)
         driver.announce(resume, finished=False)
-        driver.train()
-        return driver.finish(t_start, resume, changed)
+        yield driver, False
 
 
 @contextlib.contextmanager
@@ -228,6 +253,8 @@ class _Driver:
         self.history: list[dict[str, Any]] = []
         self.stepper: Any = None
         self.feed: Any = None
+        #: what the config changes from a resumed checkpoint's
+        self.changed: dict[str, list[Any]] = {}
 
     def prepare(self) -> None:
         """Build the training step and the batch feed (before any file is written: this is

@@ -101,7 +101,7 @@ _CTYPES = {"ptr": ctypes.c_void_p, "f32": ctypes.c_float, "f64": ctypes.c_double
            "i64": ctypes.c_longlong, "u32": ctypes.c_uint}
 _SCALAR = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "i64": np.int64, "u32": np.uint32}
 _POINTEE = {"float": np.float32, "double": np.float64, "long long": np.int64,
-            "int": np.int32}
+            "int": np.int32, "bool": np.bool_}
 
 
 class EmuModule:

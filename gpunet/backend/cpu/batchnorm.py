@@ -48,8 +48,9 @@ def _centred_moments(pool: WorkPool, src: np.ndarray, by: np.ndarray, dst: np.nd
 
 
 def batchnorm_forward_train(pool: WorkPool, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
-                            running_mean: np.ndarray, running_var: np.ndarray, momentum: float,
-                            eps: float, relu: bool, out: np.ndarray,
+                            running_mean: np.ndarray, running_var: np.ndarray,
+                            momentum: float | np.ndarray, eps: float, relu: bool,
+                            out: np.ndarray,
                             centre: np.ndarray | None = None,
                             relu_mask: np.ndarray | None = None
                             ) -> tuple[np.ndarray, Any, np.ndarray]:
@@ -99,10 +100,22 @@ def batchnorm_forward_train(pool: WorkPool, x: np.ndarray, gamma: np.ndarray, be
                 np.greater(y, zero, out=relu_mask[p])
 
     pool.map(apply, parts)
-    m = float(momentum)
-    running_mean[...] = (1 - m) * running_mean + m * mean
-    running_var[...] = (1 - m) * running_var + (m * n / (n - 1)) * var
+    _update_running(running_mean, running_var, momentum, mean, var, n)
     return out, (resid if keep else mean), invstd
+
+
+def _update_running(running_mean: np.ndarray, running_var: np.ndarray,
+                    momentum: float | np.ndarray, mean: np.ndarray, var: np.ndarray,
+                    n: int) -> None:
+    """The reference's running-statistics update, for a float ``momentum`` or a float32 (C,)
+    one (per column): ``1 - momentum`` rounded to float32 once either way."""
+    if isinstance(momentum, np.ndarray):
+        keep, m = 1 - momentum, momentum.astype(np.float64)
+    else:
+        m = float(momentum)
+        keep = 1 - m
+    running_mean[...] = keep * running_mean + m * mean
+    running_var[...] = keep * running_var + (m * n / (n - 1)) * var
 
 
 def batchnorm_forward_infer(pool: WorkPool, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
