@@ -224,7 +224,7 @@ step pytest 30 ensure_pytest
 # the optimizer tests and the NumPy backend's threaded fast paths (more cores here)
 GPU_TEST_FILES=(
     tests/test_cupy_backend.py tests/test_backend.py tests/test_layers.py tests/test_model.py
-    tests/test_torch_parity.py tests/test_step.py tests/test_checkpoint.py
+    tests/test_torch_parity.py tests/test_step.py tests/test_checkpoint.py tests/test_packed_ops.py
     tests/test_optim.py tests/test_numpy_fastpath.py
 )
 step tests 150 pytest_run "${GPU_TEST_FILES[@]}" -q -rs -p no:cacheprovider --maxfail=10
