@@ -459,3 +459,27 @@ def test_resume_clears_the_temp_files_of_an_interrupted_save(blobs, tmp_path):
     fit(config_for_resume(out / "last.h5", {"epochs": 2}), resume=out / "last.h5")
     assert sorted(p.name for p in out.iterdir()) == [".gpunet-run", ".mine.tmp", "best.h5",
                                                      "config.toml", "last.h5", "metrics.jsonl"]
+
+
+def test_a_batch_size_beyond_the_training_set_allocates_for_the_set_only(tmp_path):
+    """--batch-size 2**31-1 on 300 samples trains as --batch-size 300 does (one batch an
+    epoch), within a 2 GB address space (buffers for 2**31-1 rows would need ~40 GB)."""
+    import h5py
+    from hostile import MEMORY_LIMIT, run_cli
+
+    from gpunet import checkpoint as ck
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        f["X"] = rng.normal(size=(300, 5)).astype(np.float32)
+        f["y"] = rng.integers(0, 3, 300)
+    runs = {}
+    for b in (300, 2**31 - 1):
+        r = run_cli("train", path, "--hidden", "8", "--epochs", "2", "--batch-size", b,
+                    "--val-split", "0", "--out", tmp_path / f"r{b}", "--device", "cpu",
+                    "--quiet", memory=MEMORY_LIMIT, timeout=120)
+        assert r.code == 0, r.stderr
+        runs[b] = ck.load(tmp_path / f"r{b}" / "last.h5")
+    assert runs[300].progress["step"] == runs[2**31 - 1].progress["step"] == 2
+    np.testing.assert_array_equal(runs[300].arrays["params"], runs[2**31 - 1].arrays["params"])

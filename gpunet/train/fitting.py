@@ -262,10 +262,13 @@ class _Driver:
         cfg, st = self.cfg, self.state
         be = st.model.backend
         cw = _class_weights(cfg, self.ds)
-        self.stepper = TrainStep(st.model, st.optimizer, cfg.batch_size,
+        # a batch never holds more than the training set: buffers sized by that, not by a
+        # --batch-size far beyond it (the batches themselves are the same either way)
+        batch = min(cfg.batch_size, st.n_train)
+        self.stepper = TrainStep(st.model, st.optimizer, batch,
                                  class_weights=None if cw is None else be.asarray(cw),
                                  cuda_graph=cfg.cuda_graph, tf32=cfg.tf32)
-        self.feed = make_feed(be, self.ds.train, st.standardizer, cfg.batch_size, self.stepper)
+        self.feed = make_feed(be, self.ds.train, st.standardizer, batch, self.stepper)
 
     def begin(self, resume: str | Path | None, changed: dict[str, list[Any]]) -> None:
         """Start or continue the run folder (the lock held): the metrics log, config.toml,
