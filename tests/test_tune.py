@@ -419,7 +419,7 @@ def test_a_diverging_trial_fails_alone(tmp_path, blobs):
 def test_median_pruner_stops_hopeless_trials(tmp_path, blobs):
     space = SearchSpace.from_dict({"lr": {"values": [0.05, 1e-7]}})
     res = tune(str(blobs), 10, epochs=6, space=space, config=TINY_BASE, out=tmp_path / "o",
-               device="cpu", seed=0, pruner="median", baseline=False)
+               device="cpu", seed=0, pruner="median", baseline=False, pack=1)
     pruned = [r for r in res.rows if r.state == "PRUNED"]
     assert pruned and all(r.values["lr"] == 1e-7 for r in pruned)
     # --trials counts finished trials: COMPLETE plus PRUNED
@@ -430,7 +430,7 @@ def test_median_pruner_stops_hopeless_trials(tmp_path, blobs):
 def _worker(blobs: Path, out: Path, trials: int, epochs: int, space: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "gpunet.cli", "tune", str(blobs), "--trials", str(trials),
            "--epochs", str(epochs), "--device", "cpu", "--out", str(out), "--study", "shared",
-           "--space", str(space), "--json", "--no-baseline"]
+           "--space", str(space), "--json", "--no-baseline", "--pack", "1"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
