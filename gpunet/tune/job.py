@@ -221,10 +221,13 @@ def make_job(data: str, trials: int, *, rounds: int, epochs: int,
              retry_for: float, max_failures: int, pack: int | str = "auto") -> Job:
     """The checked job of a ``tune`` call (see ``tune`` for the arguments)."""
     from .packs import parse_pack
+    from .storage import refuse_redis
     from .study import folder_slug
 
     check_options(trials, rounds, epochs, pruner, heartbeat, stale_after, retry_for)
     k = parse_pack(pack)
+    if storage is not None:
+        refuse_redis(storage)
     base, toml_device = base_config(config, data, epochs, seed, device)
     sp = search_space(space, base)
     name = study or Path(str(data)).stem or "study"
