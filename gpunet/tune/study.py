@@ -307,16 +307,39 @@ class TuneStudy:
 
     def _remove_finished_folders(self) -> None:
         """Remove ``<trials_dir>/<slug>-<number>`` folders (real folders, not links) of this
-        study's trials that are no longer RUNNING; nothing else is touched."""
+        study's trials that are no longer RUNNING, and the save-commit marker of a pack none
+        of whose trials is (with its temporary files: a worker killed mid-commit leaves
+        them); nothing else is touched."""
         if not self.trials_dir.is_dir() or self.trials_dir.is_symlink():
             return
-        states = {t.number: t.state.name for t in self.trials()}
+        ts = self.trials()
+        states = {t.number: t.state.name for t in ts}
         head = f"{self.slug}-"
         for d in self.trials_dir.iterdir():
             num = d.name[len(head):]
             if d.name.startswith(head) and num.isdigit() and d.is_dir() \
                     and not d.is_symlink() and states.get(int(num), "RUNNING") != "RUNNING":
                 shutil.rmtree(d, ignore_errors=True)
+        self._remove_pack_markers(ts, states)
+
+    def _remove_pack_markers(self, ts: list[Any], states: dict[int, str]) -> None:
+        """Remove ``gpunet.packed.PackCommit`` markers (``.pack-<key>.commit``, and
+        ``..pack-<key>.commit.*.gpunet-tmp``) of this study's ended packs."""
+        packs = {tuple(p) for t in ts for p in [t.user_attrs.get("gpunet_pack")]
+                 if isinstance(p, list) and len(p) > 1}
+        names = set()
+        for p in packs:
+            if all(states.get(int(n), "RUNNING") != "RUNNING" for n in p):
+                from ..packed import PackCommit
+
+                names.add(PackCommit([self.run_dir(int(n)) for n in p]).marker.name)
+        if not names:
+            return
+        for e in os.scandir(self.trials_dir):
+            base = e.name[1:].rsplit(".", 2)[0] if e.name.endswith(".gpunet-tmp") else e.name
+            if base in names and e.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    os.unlink(e.path)
 
     # ------------------------------------------------------------------ writing
     def claim(self, total: int, n: int = 1) -> list[tuple[Any, int]]:
