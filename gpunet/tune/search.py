@@ -2,9 +2,11 @@
 
 ``tune`` checks its options, opens the data and the study, then runs ``Search.run``: an
 explicit loop that, until the study holds ``trials`` finished trials, marks stale trials
-failed, claims a trial, plans it (the baseline, or a sample of its round's space) and trains it
-(``TrialRun``). A round's space is read from the study, or made from the previous round once
-that round has no running trial (``Search.space_for``).
+failed, claims up to ``--pack`` trials, plans them round by round (the baseline, or a sample
+of its round's space) and trains them: alone (``TrialRun``, ``gpunet.train.fit``) or in packs
+of trials sharing an architecture (``gpunet.tune.packs.PackRun``, ``fit_packed``). A round's
+space is read from the study, or made from the previous round once that round has no running
+trial (``Search.space_for``).
 """
 
 from __future__ import annotations
