@@ -72,6 +72,10 @@ def tune_command(
     stale_after: float = typer.Option(
         120.0, "--stale-after", metavar="S",
         help="A running trial without a heartbeat for this long is marked failed."),
+    pack: str = typer.Option(
+        "auto", "--pack", metavar="K|auto",
+        help="Train up to K trials that share an architecture, batch size and epochs as one "
+             "pack (each still its own trial); auto: from the device and the net's size."),
     storage_retry: float = typer.Option(
         30.0, "--storage-retry", metavar="S",
         help="Seconds a lost database connection is retried before the search stops."),
@@ -80,8 +84,12 @@ def tune_command(
 ) -> None:
     """Random hyperparameter search on the right scales, coarse to fine, in an Optuna study
     that several workers can share; writes the best configuration as TOML."""
+    from gpunet.errors import ConfigError
     from gpunet.tune import tune
+    from gpunet.tune.job import MAX_TRIALS
 
+    if not 0 <= top <= MAX_TRIALS:
+        raise ConfigError(f"--top must be between 0 and {MAX_TRIALS:,}, got {top}")
     base: dict[str, Any] = load_toml(config) if config is not None else {}
     for key, value in (("optimizer", optimizer), ("val_split", val_split), ("x_key", x_key),
                        ("y_key", y_key)):
@@ -98,7 +106,7 @@ def tune_command(
                    storage=storage, study=study, out=out, seed=seed, device=device,
                    pruner=pruner, baseline=baseline, plot=plot, workers=workers,
                    devices=devices, heartbeat=heartbeat, stale_after=stale_after,
-                   storage_retry=storage_retry, callback=_printer(show))
+                   storage_retry=storage_retry, pack=pack, callback=_printer(show))
     if json_out:
         typer.echo(json.dumps(res.summary(top=top)))
         return
@@ -148,7 +156,8 @@ def _trial_lines(info: dict[str, Any]) -> list[str]:
 
     vals = "  ".join(f"{escape(k)} {escape(fmt_value(v))}" for k, v in info["values"].items())
     head = f"trial {info['number']:>3} (round {info['round']}/{info['rounds']}"
-    head += ", baseline)" if info["baseline"] else ")"
+    head += ", baseline" if info["baseline"] else ""
+    head += f", pack of {info['pack']})" if info.get("pack", 1) > 1 else ")"
     done = f"  [{info['progress'][0]}/{info['progress'][1]}]" if info.get("progress") else ""
     if info["state"] == "COMPLETE":
         return [f"{head}  val_acc {info['value']:.4f}  {vals}  {info.get('seconds', 0):.1f}s"
@@ -168,6 +177,8 @@ def _died_lines(info: dict[str, Any]) -> list[str]:
 _EVENT_LINES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "start": _start_lines,
     "round": _round_lines,
+    "pack": lambda info: [f"packs: up to {info['pack']} trials sharing an architecture train "
+                          "as one" + (" (--pack auto)" if info.get("auto") else "")],
     "wait": lambda info: [f"round {info['round']} waits for trials {info['running']} of the "
                           "previous round"],
     "stale": lambda info: [f"trial {info['number']}: its worker is gone; marked failed"],

@@ -1,7 +1,7 @@
 """gpunet tune: sampling scales, bound errors, coarse-to-fine shrinking, workers sharing one
 journal storage (together, and one killed with SIGKILL), a diverging trial failing alone, the
-best configuration's round trip through ``gpunet train --config``, the plot, and babysitting
-(``gpunet train --resume PATH --lr X``)."""
+best configuration's round trip through ``gpunet train --config``, the plot, a journal lock a
+killed writer left behind, and babysitting (``gpunet train --resume PATH --lr X``)."""
 
 from __future__ import annotations
 
@@ -419,7 +419,7 @@ def test_a_diverging_trial_fails_alone(tmp_path, blobs):
 def test_median_pruner_stops_hopeless_trials(tmp_path, blobs):
     space = SearchSpace.from_dict({"lr": {"values": [0.05, 1e-7]}})
     res = tune(str(blobs), 10, epochs=6, space=space, config=TINY_BASE, out=tmp_path / "o",
-               device="cpu", seed=0, pruner="median", baseline=False)
+               device="cpu", seed=0, pruner="median", baseline=False, pack=1)
     pruned = [r for r in res.rows if r.state == "PRUNED"]
     assert pruned and all(r.values["lr"] == 1e-7 for r in pruned)
     # --trials counts finished trials: COMPLETE plus PRUNED
@@ -430,7 +430,7 @@ def test_median_pruner_stops_hopeless_trials(tmp_path, blobs):
 def _worker(blobs: Path, out: Path, trials: int, epochs: int, space: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "gpunet.cli", "tune", str(blobs), "--trials", str(trials),
            "--epochs", str(epochs), "--device", "cpu", "--out", str(out), "--study", "shared",
-           "--space", str(space), "--json", "--no-baseline"]
+           "--space", str(space), "--json", "--no-baseline", "--pack", "1"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
@@ -494,6 +494,57 @@ def test_a_killed_worker_leaves_the_study_usable(tmp_path, slow_data, fixed_spac
                device="cpu", baseline=False)
     assert res.count("COMPLETE") == 5 and res.count("RUNNING") == 0
     assert not any((out / "trials").iterdir())
+
+
+# ====================================================================== the journal lock
+def test_a_lock_left_by_a_killed_writer_never_blocks_the_next_tune(tmp_path, blobs,
+                                                                   monkeypatch):
+    """A lock a killed writer left (here dangling: its folder was moved) is removed after
+    ``LOCK_GRACE`` seconds unchanged, and at once when it is older than ``OLD_LOCK``."""
+    from gpunet.tune import storage
+
+    out = tmp_path / "o"
+    sp = write_space(tmp_path / "s.toml", TINY_SPACE_TOML)
+    args = ["tune", str(blobs), "--epochs", "1", "--device", "cpu", "--out", str(out),
+            "--space", str(sp), "--no-baseline", "--quiet", "--pack", "1"]
+    assert runner.invoke(app, [*args, "--trials", "1"]).exit_code == 0
+    lock = out / "study.journal.lock"
+    os.symlink(tmp_path / "moved" / "study.journal", lock)   # dangles
+    monkeypatch.setattr(storage, "LOCK_GRACE", 1.0)
+    t0 = time.monotonic()
+    r = runner.invoke(app, [*args, "--trials", "2"])
+    assert r.exit_code == 0, r.output
+    assert 1.0 <= time.monotonic() - t0 < 20
+    assert "removed a lock left by a process killed while writing" in r.output
+    assert not lock.is_symlink()
+    # an old lock goes at once, whatever the grace
+    os.symlink(out / "study.journal", lock)
+    os.utime(lock, (time.time() - 7200,) * 2, follow_symlinks=False)
+    monkeypatch.setattr(storage, "LOCK_GRACE", 1000.0)
+    t0 = time.monotonic()
+    r = runner.invoke(app, [*args, "--trials", "3"])
+    assert r.exit_code == 0 and time.monotonic() - t0 < 30, r.output
+    assert not lock.is_symlink()
+    assert states(load_study(out / "study.journal", "blobs")) == {"COMPLETE": 3}
+
+
+def test_a_lock_taken_anew_is_never_broken(tmp_path):
+    from gpunet.tune.lock import JournalLock, break_lock, lock_identity
+
+    journal = tmp_path / "j"
+    journal.write_text("")
+    a = JournalLock(journal, grace=60)
+    assert a.acquire()
+    seen = lock_identity(a.path)
+    a.release()
+    time.sleep(0.01)
+    assert a.acquire()            # a live writer's new lock: not the one seen
+    assert not break_lock(a.path, seen)
+    assert lock_identity(a.path) is not None and lock_identity(a.path) != seen
+    a.release()
+    assert lock_identity(a.path) is None and list(tmp_path.iterdir()) == [journal]
+    with pytest.raises(RuntimeError, match="was not held"):
+        a.release()
 
 
 # ====================================================================== babysitting

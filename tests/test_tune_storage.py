@@ -5,7 +5,8 @@
   worker's record was appended to;
 - any other damage (garbage, a foreign JSON line, a record that does not replay), a storage
   path that is not a journal (the data file, a text file, a special file), ``redis://``
-  without redis, a missing database driver, an unreachable database (a password in the URL):
+  (refused: Optuna unpickles from Redis), a missing database driver, an unreachable
+  database (a password in the URL):
   one ``error:`` line naming the file and line (or host and database, never the password),
   exit 2, and every existing file byte for byte unchanged;
 - ``--study ../../victim`` keeps every trial folder inside ``<out>/trials``; ``--plot`` and
@@ -142,21 +143,14 @@ def test_a_storage_that_is_not_a_journal_is_refused_unchanged(tmp_path, data, sp
     one_error(r, "is a folder")
 
 
-def test_redis_without_redis_is_one_line(tmp_path, data, space, monkeypatch):
-    try:
-        import redis  # noqa: F401
-    except ImportError:
-        pass
-    else:   # installed here: make it missing as Optuna sees it
-        import optuna.storages.journal._redis as r_mod
-
-        def missing() -> None:
-            raise ImportError("Tried to import 'redis' but failed.")
-        monkeypatch.setattr(r_mod._imports, "check", missing)
-    r = runner.invoke(app, tune_args(data, tmp_path / "o", space, 2, "--storage",
-                                     "redis://:s3cret@localhost:6379/0"))
-    line = one_error(r, "needs the redis package: pip install redis")
-    assert "s3cret" not in line and "redis://:***@localhost:6379/0" in line
+@pytest.mark.parametrize("url", ["redis://:s3cret@localhost:6379/0",
+                                 "rediss://:s3cret@localhost:6380/0"])
+def test_redis_is_refused_as_one_line_saying_why(tmp_path, data, space, url):
+    """Optuna's Redis journal unpickles its snapshots: refused before anything is opened."""
+    r = runner.invoke(app, tune_args(data, tmp_path / "o", space, 2, "--storage", url))
+    line = one_error(r, "Redis storage is refused because Optuna's Redis journal unpickles")
+    assert "s3cret" not in line and ":***@localhost" in line
+    assert not (tmp_path / "o").exists()
 
 
 def test_database_errors_name_host_and_database_never_the_password(tmp_path, data, space,

@@ -199,7 +199,7 @@ def _wait_running(journal: Path, not_pid: int, timeout: float = 90) -> tuple[int
 
 def test_a_worker_killed_mid_trial_is_reported_and_its_trial_failed(tmp_path, data, space):
     out = tmp_path / "o"
-    p = subprocess.Popen(tune_cmd(data, out, space, 4, 40, "--workers", "2"),
+    p = subprocess.Popen(tune_cmd(data, out, space, 4, 40, "--workers", "2", "--pack", "1"),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     number, pid = _wait_running(out / "study.journal", p.pid)
     os.kill(pid, signal.SIGKILL)
@@ -218,7 +218,7 @@ def test_a_worker_killed_mid_trial_is_reported_and_its_trial_failed(tmp_path, da
 
 def test_sigterm_stops_every_worker_and_leaves_the_study_consistent(tmp_path, data, space):
     out = tmp_path / "o"
-    p = subprocess.Popen(tune_cmd(data, out, space, 4, 100, "--workers", "2"),
+    p = subprocess.Popen(tune_cmd(data, out, space, 4, 100, "--workers", "2", "--pack", "1"),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     number, _ = _wait_running(out / "study.journal", p.pid)
     p.send_signal(signal.SIGTERM)

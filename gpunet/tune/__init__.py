@@ -4,9 +4,10 @@ Modules: ``space`` (hyperparameters, the table of scales, the default space, spa
 ``storage`` (Optuna storages: checked and repaired journal files, retrying databases with
 Optuna's heartbeat, one-line errors without passwords), ``study`` (the study as one worker
 sees it, stale trials), ``job`` (the checked options of one search, as JSON for workers),
-``search`` (the search loop and ``tune``), ``pool`` and ``worker`` (``--workers`` /
-``--devices``: worker processes on one study), ``report`` (result rows, ranking,
-``best.toml``, the plot).
+``search`` (the search loop and ``tune``), ``packs`` (``--pack``: the pack size, grouping
+planned trials into packs, reporting each member as its own trial), ``lock`` (the journal
+file's lock), ``pool`` and ``worker`` (``--workers`` / ``--devices``: worker processes on one
+study), ``report`` (result rows, ranking, ``best.toml``, the plot).
 
 Conventions:
 
@@ -35,8 +36,9 @@ Conventions:
 - **Study.** Trials live in an Optuna study (a ``JournalStorage`` file by default, or any
   Optuna storage URL); ``trials`` is the study's total of *finished* trials (COMPLETE, and
   PRUNED when a pruner stops one), counted across workers and resumes; FAIL trials (divergence,
-  a killed worker) never count. A worker claims a trial with ``study.ask()`` and keeps it only
-  if fewer than ``trials`` finished or running trials precede it (a claim beyond the total is
+  a killed worker) never count. A worker claims a trial with ``study.ask()`` (up to ``--pack``
+  of them one after another, see ``packs``) and keeps it only if fewer than ``trials``
+  finished or running trials precede it (a claim beyond the total is
   closed at once as FAIL with the user attribute ``gpunet_surplus``). A running trial records
   its worker (host, pid namespace, pid, process start time) and a heartbeat; a RUNNING trial
   whose heartbeat is older than ``stale_after`` seconds (or, on a journal file, whose process
@@ -49,7 +51,8 @@ Conventions:
   beyond the previous range; integer ranges are rounded outwards; choices stay. The shrunk
   space is stored in the study (user attribute ``gpunet_space_<r>``) so that every worker
   uses it.
-- **Data.** Each trial trains with ``gpunet.train.fit`` on the training split for ``epochs``
+- **Data.** Each trial trains with ``gpunet.train.fit`` (or as a member of a pack with
+  ``gpunet.packed.fit_packed``, giving the same numbers) on the training split for ``epochs``
   epochs; the objective is the best validation accuracy over those epochs (what ``best.h5``
   keeps), ties broken by the lower validation loss. The test split is never read.
 - **Baseline.** By default the study's first trial trains the base configuration unchanged

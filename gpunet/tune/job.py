@@ -24,12 +24,19 @@ from .study import TuneStudy
 
 Say = Callable[[str, dict[str, Any]], None]
 
+#: the largest ``--trials``: a million trials is far beyond any search one study holds (a
+#: larger total would only run until killed)
+MAX_TRIALS = 1_000_000
+#: the most ``--rounds`` (each round is at least one trial)
+MAX_ROUNDS = 1000
+
 
 @dataclass
 class Job:
     """One search: the data, the study's total (``trials``), rounds, epochs, the base
     configuration (``toml_device``: the device ``best.toml`` keeps), the space, the study
-    ``name`` in ``storage``, the ``out_dir``, and the stale-trial and retry settings."""
+    ``name`` in ``storage``, the ``out_dir``, the stale-trial and retry settings, the pack
+    size and the number of pool workers."""
 
     data: str
     trials: int
@@ -47,6 +54,10 @@ class Job:
     stale_after: float
     retry_for: float
     max_failures: int
+    #: ``--pack``: K, or ``"auto"`` (``gpunet.tune.packs``)
+    pack: int | str = "auto"
+    #: worker processes the pool started (1: this process, or a hand-started worker)
+    workers: int = 1
 
     def open_study(self, say: Say) -> TuneStudy:
         """Open (or create) the study, check or record the shared settings and store round
@@ -61,13 +72,14 @@ class Job:
 
     def search(self, st: TuneStudy, ds: Any, say: Say) -> Any:
         """This worker's ``Search`` over ``st``."""
+        from ..packed import fit_packed
         from ..train import fit
         from .search import Search
 
         return Search(st, self.base, self.space, ds, trials=self.trials, rounds=self.rounds,
                       baseline=self.baseline, prune=self.pruner != "none",
                       heartbeat=self.heartbeat, max_failures=self.max_failures, say=say,
-                      fit=fit)
+                      fit=fit, fit_packed=fit_packed, pack=self.pack, workers=self.workers)
 
     def to_spec(self, device: str | None) -> dict[str, Any]:
         """The job as JSON for a worker process that trains on ``device``."""
@@ -91,11 +103,15 @@ class Job:
 
 def check_options(trials: int, rounds: int, epochs: int, pruner: str, heartbeat: float,
                   stale_after: float, retry_for: float = 30.0) -> None:
-    """One-line ``ConfigError`` for an option out of range."""
+    """One-line ``ConfigError`` for an option out of range (``--trials`` at most
+    ``MAX_TRIALS``, ``--rounds`` at most ``MAX_ROUNDS``; the configuration bounds epochs)."""
     if isinstance(trials, bool) or int(trials) < 1:
         raise ConfigError(f"--trials must be >= 1, got {trials}")
-    if int(rounds) < 1 or int(rounds) > int(trials):
-        raise ConfigError(f"--rounds must be between 1 and --trials ({trials}), got {rounds}")
+    if int(trials) > MAX_TRIALS:
+        raise ConfigError(f"--trials must be at most {MAX_TRIALS:,}, got {trials}")
+    if isinstance(rounds, bool) or not 1 <= int(rounds) <= min(int(trials), MAX_ROUNDS):
+        raise ConfigError(f"--rounds must be between 1 and --trials ({trials}; at most "
+                          f"{MAX_ROUNDS}), got {rounds}")
     if int(epochs) < 1:
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
     if pruner not in ("none", "median"):
@@ -202,11 +218,16 @@ def make_job(data: str, trials: int, *, rounds: int, epochs: int,
              config: TrainConfig | dict[str, Any] | None, storage: str | Path | None,
              study: str | None, out: str | Path | None, seed: int | None, device: str | None,
              pruner: str, baseline: bool, heartbeat: float, stale_after: float,
-             retry_for: float, max_failures: int) -> Job:
+             retry_for: float, max_failures: int, pack: int | str = "auto") -> Job:
     """The checked job of a ``tune`` call (see ``tune`` for the arguments)."""
+    from .packs import parse_pack
+    from .storage import refuse_redis
     from .study import folder_slug
 
     check_options(trials, rounds, epochs, pruner, heartbeat, stale_after, retry_for)
+    k = parse_pack(pack)
+    if storage is not None:
+        refuse_redis(storage)
     base, toml_device = base_config(config, data, epochs, seed, device)
     sp = search_space(space, base)
     name = study or Path(str(data)).stem or "study"
@@ -216,4 +237,4 @@ def make_job(data: str, trials: int, *, rounds: int, epochs: int,
                base=base, toml_device=toml_device, space=sp, name=name, out_dir=out_dir,
                storage=storage_desc, pruner=pruner, baseline=bool(baseline),
                heartbeat=float(heartbeat), stale_after=float(stale_after),
-               retry_for=float(retry_for), max_failures=int(max_failures))
+               retry_for=float(retry_for), max_failures=int(max_failures), pack=k)

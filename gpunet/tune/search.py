@@ -2,9 +2,11 @@
 
 ``tune`` checks its options, opens the data and the study, then runs ``Search.run``: an
 explicit loop that, until the study holds ``trials`` finished trials, marks stale trials
-failed, claims a trial, plans it (the baseline, or a sample of its round's space) and trains it
-(``TrialRun``). A round's space is read from the study, or made from the previous round once
-that round has no running trial (``Search.space_for``).
+failed, claims up to ``--pack`` trials, plans them round by round (the baseline, or a sample
+of its round's space) and trains them: alone (``TrialRun``, ``gpunet.train.fit``) or in packs
+of trials sharing an architecture (``gpunet.tune.packs.PackRun``, ``fit_packed``). A round's
+space is read from the study, or made from the previous round once that round has no running
+trial (``Search.space_for``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 from ..config import TrainConfig
 from ..errors import ConfigError, GpunetError, TrainingDiverged
 from .job import Job, check_outputs, make_folder, make_job, open_data
+from .packs import PackRun, finish_trial, group_packs, resolve_pack
 from .report import (
     TuneResult,
     rank_key,
@@ -118,26 +121,7 @@ class TrialRun:
                 trial.set_user_attr("gpunet_error", "interrupted")
                 self.study.tell(trial, None, "FAIL")
             raise
-        return self._finished(res, out)
-
-    def _finished(self, res: Any, out: dict[str, Any]) -> dict[str, Any]:
-        """Record a trained trial's best epoch; COMPLETE with a finite accuracy, else FAIL."""
-        trial = self.trial
-        best_rec = next((h for h in res.history if h.get("epoch") == res.best_epoch), {})
-        value = float(res.best_value) if res.best_value is not None else float("nan")
-        val_loss = best_rec.get("val_loss")
-        trial.set_user_attr("gpunet_val_loss", val_loss)
-        trial.set_user_attr("gpunet_best_epoch", int(res.best_epoch))
-        trial.set_user_attr("gpunet_seconds", self.seconds())
-        if not math.isfinite(value):
-            self.study.tell(trial, None, "FAIL")
-            out.update(error="no finite validation accuracy")
-            return out
-        told = self.study.tell(trial, value, "COMPLETE")
-        out.update(state="COMPLETE" if told else "FAIL", value=value, val_loss=val_loss,
-                   seconds=self.seconds(),
-                   error=None if told else "marked failed by another worker (no heartbeat)")
-        return out
+        return finish_trial(self.study, self.trial, res, self.seconds(), out)
 
 
 def _base_value(base: TrainConfig, name: str) -> Any:
@@ -162,30 +146,53 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 
 # ====================================================================== the loop
 class Search:
-    """The search loop of one worker over ``study`` (see the module docstring). ``ran_here``
+    """The search loop of one worker over ``study`` (see the module docstring). ``pack``:
+    ``--pack`` (an integer or ``"auto"``; ``gpunet.tune.packs``), ``workers``: how many
+    workers the pool started (a worker claims at most its share of a round). ``ran_here``
     counts the trials this worker trained; ``note`` says why it stopped early, if it did."""
 
     def __init__(self, study: TuneStudy, base: TrainConfig, space: SearchSpace, ds: Any, *,
                  trials: int, rounds: int, baseline: bool, prune: bool, heartbeat: float,
-                 max_failures: int, say: Callback, fit: Callable[..., Any]) -> None:
+                 max_failures: int, say: Callback, fit: Callable[..., Any],
+                 fit_packed: Callable[..., Any] | None = None, pack: int | str = 1,
+                 workers: int = 1) -> None:
         self.study, self.base, self.space, self.ds = study, base, space, ds
         self.trials, self.rounds, self.baseline = int(trials), int(rounds), baseline
         self.prune, self.heartbeat, self.max_failures = prune, heartbeat, max_failures
-        self.say, self.fit = say, fit
+        self.say, self.fit, self.fit_packed = say, fit, fit_packed
+        self.pack, self.workers = pack, max(1, int(workers))
+        self.pack_size = 1
         self.ran_here, self.failures = 0, 0
         self.note: str | None = None
         self._beat: Heartbeat | None = None
 
     def run(self) -> None:
-        """Claim and train trials until the study holds ``trials`` finished ones (or the rest
-        are running elsewhere)."""
+        """Claim and train trials, up to ``pack_size`` at a time, until the study holds
+        ``trials`` finished ones (or the rest are running elsewhere)."""
+        self.pack_size = resolve_pack(self.pack, self.base, self.space, self.ds)
+        if self.fit_packed is None:
+            self.pack_size = 1
+        if self.pack_size > 1:
+            self.say("pack", {"pack": self.pack_size, "auto": self.pack == "auto"})
         while True:
             self.study.fail_stale()
             if self._enough():
                 return
-            claimed = self.study.claim(self.trials)
-            if claimed is not None:
-                self._train(*claimed)
+            claimed = self.study.claim(self.trials, self._claim_count())
+            if claimed:
+                self._train_batch(claimed)
+
+    def _claim_count(self) -> int:
+        """How many trials to claim: at most ``pack_size``, what the study and the current
+        round still need, and this worker's share of the round (the pool's workers, or the
+        workers seen running trials, counted with this one)."""
+        ts = self.study.trials()
+        active = len(self.study.active(ts))
+        sizes = round_sizes(self.trials, self.rounds)
+        r = round_of(active, self.trials, self.rounds)
+        round_left = sum(sizes[:r + 1]) - active
+        share = math.ceil(sizes[r] / max(self.workers, 1 + self.study.other_workers(ts)))
+        return max(1, min(self.pack_size, self.trials - active, round_left, share))
 
     def _enough(self) -> bool:
         """True when no trial is left for this worker; raises after ``max_failures`` failed
@@ -217,30 +224,59 @@ class Search:
         self.study.record_planned(trial, sp.params, values)
         return TrialPlan(rnd, False, values, sp.config_for(self.base, values))
 
-    def _train(self, trial: Any, rank: int) -> None:
-        with self.study.beating(trial) as beat:
+    def _train_batch(self, claimed: list[tuple[Any, int]]) -> None:
+        """Plan and train claimed ``(trial, rank)`` pairs round by round (a round's trials are
+        planned once the earlier rounds' have ended), in packs (``gpunet.tune.packs``)."""
+        trials = [t for t, _ in claimed]
+        with self.study.beating(trials) as beat:
             self._beat = beat
             try:
-                plan = self._plan(trial, rank)
-                trial.set_user_attr("gpunet_values", _jsonable(plan.values))
-                cfg = plan.cfg
-                cfg.out = str(self.study.run_dir(trial.number))
-                self.ran_here += 1
-                try:
-                    row = TrialRun(self.study, trial, self.prune, beat).run(self.fit, cfg,
-                                                                            self.ds)
-                finally:
-                    shutil.rmtree(self.study.run_dir(trial.number), ignore_errors=True)
+                by_round: dict[int, list[tuple[Any, int]]] = {}
+                for trial, rank in claimed:
+                    by_round.setdefault(round_of(rank, self.trials, self.rounds), []).append(
+                        (trial, rank))
+                for r in sorted(by_round):
+                    planned = [(t, self._planned(t, rank)) for t, rank in by_round[r]]
+                    for pack in group_packs(planned, lambda tp: tp[1].cfg, self.pack_size):
+                        self._train_pack(pack, beat)
             except StorageError:
-                raise   # nothing can be recorded; the heartbeat check fails the trial later
+                raise   # nothing can be recorded; the heartbeat check fails the trials later
             except BaseException:
-                # stopped before training started (Ctrl-C, SIGTERM, a planning error)
-                self.study.fail_running(trial, "interrupted")
+                # stopped outside training (Ctrl-C, SIGTERM, a planning error)
+                for t in trials:
+                    self.study.fail_running(t, "interrupted")
                 raise
-        self.failures = self.failures + 1 if row["state"] == "FAIL" else 0
-        self.say("trial", {**row, "number": trial.number, "round": plan.round + 1,
-                           "rounds": self.rounds, "values": plan.values,
-                           "baseline": plan.baseline})
+            finally:
+                for t in trials:
+                    shutil.rmtree(self.study.run_dir(t.number), ignore_errors=True)
+
+    def _planned(self, trial: Any, rank: int) -> TrialPlan:
+        """``_plan``, with the values recorded on the trial and its run folder set."""
+        plan = self._plan(trial, rank)
+        trial.set_user_attr("gpunet_values", _jsonable(plan.values))
+        plan.cfg.out = str(self.study.run_dir(trial.number))
+        return plan
+
+    def _train_pack(self, pack: list[tuple[Any, TrialPlan]], beat: Heartbeat) -> None:
+        """Train one pack (alone with ``fit`` for one member) and say how each trial ended."""
+        self.ran_here += len(pack)
+        try:
+            if len(pack) == 1:
+                trial, plan = pack[0]
+                rows = [TrialRun(self.study, trial, self.prune, beat).run(self.fit, plan.cfg,
+                                                                         self.ds)]
+            else:
+                rows = PackRun(self.study, [t for t, _ in pack], self.prune, beat).run(
+                    self.fit_packed, [p.cfg for _, p in pack], self.ds)
+        finally:
+            for trial, _ in pack:
+                beat.drop(trial)
+                shutil.rmtree(self.study.run_dir(trial.number), ignore_errors=True)
+        for (trial, plan), row in zip(pack, rows, strict=True):
+            self.failures = self.failures + 1 if row["state"] == "FAIL" else 0
+            self.say("trial", {**row, "number": trial.number, "round": plan.round + 1,
+                               "rounds": self.rounds, "values": plan.values,
+                               "baseline": plan.baseline, "pack": len(pack)})
 
     # ------------------------------------------------------------------ rounds
     def space_for(self, r: int, trial: Any) -> SearchSpace:
@@ -339,6 +375,7 @@ def tune(
     workers: int = 1,
     devices: str | None = None,
     storage_retry: float = 30.0,
+    pack: int | str = "auto",
 ) -> TuneResult:
     """Random search (``rounds`` > 1: coarse to fine) in a shared Optuna study until it holds
     ``trials`` finished trials; see ``gpunet.tune``'s docstring for every convention.
@@ -351,9 +388,13 @@ def tune(
     workers per GPU) trains in that many worker processes (``gpunet.tune.pool``).
     ``heartbeat`` / ``stale_after``: seconds between a running trial's heartbeats, and
     without one before it counts as stale; ``storage_retry``: seconds a lost database
-    connection is retried. ``callback(event, info)`` hears ``start``, ``round``, ``trial``,
-    ``wait``, ``stale`` and ``end`` (and, with workers, ``worker-died``, ``worker-error`` and
-    ``worker-output``; their events carry ``worker``). Writes ``best.toml`` (a
+    connection is retried. ``pack``: up to this many trials sharing an architecture, batch
+    size and epochs train as one pack (``gpunet.packed.fit_packed``), each still its own
+    trial; ``"auto"`` chooses from the device and the space's largest net, 1 where packing
+    does not pay (``gpunet.tune.packs``). ``callback(event, info)`` hears ``start``,
+    ``pack`` (the pack size, when above 1), ``round``, ``trial``, ``wait``, ``stale`` and
+    ``end`` (and, with workers, ``worker-died``, ``worker-error`` and ``worker-output``;
+    their events carry ``worker``). Writes ``best.toml`` (a
     ``gpunet train --config`` file) and, with ``plot``, a PNG; never replaces a file gpunet
     did not write.
     """
@@ -365,8 +406,10 @@ def tune(
     job = make_job(data, trials, rounds=rounds, epochs=epochs, space=space, config=config,
                    storage=storage, study=study, out=out, seed=seed, device=device,
                    pruner=pruner, baseline=baseline, heartbeat=heartbeat,
-                   stale_after=stale_after, retry_for=storage_retry, max_failures=max_failures)
+                   stale_after=stale_after, retry_for=storage_retry, max_failures=max_failures,
+                   pack=pack)
     plans = _worker_plans(workers, devices, device)
+    job.workers = max(1, len(plans))
     check_outputs(job.out_dir, plot)
     ds = open_data(job.base, data)   # a bad file fails before any folder or study exists
     make_folder(job.out_dir)

@@ -17,7 +17,10 @@
   elsewhere a failed creation is retried). A lost connection is retried for ``retry_for``
   seconds (back-off 0.5 s doubling to 5 s), then ``StorageError`` says so in one line naming
   the host and database. The password never appears in a message (``redact``).
-- **Redis** (``redis://``): Optuna's ``JournalRedisBackend``.
+- **Redis** (``redis://``, ``rediss://``): refused with one line. Optuna's Redis journal
+  backend keeps snapshots of the study that ``JournalStorage`` reads back with
+  ``pickle.loads`` (Optuna 4 and 5), so whoever can write to the Redis server could run code
+  in every worker; gpunet loads no pickle anywhere.
 """
 
 from __future__ import annotations
@@ -137,32 +140,29 @@ def make_storage(url: str | Path, *, heartbeat: float | None = None,
                  stale_after: float | None = None, retry_for: float = 30.0,
                  say: Callable[[str, dict[str, Any]], None] | None = None) -> Any:
     """An Optuna storage: a checked journal file for a path (created with its folder), a
-    ``JournalRedisBackend`` for ``redis://``, a retrying ``RDBStorage`` for any other URL
+    one-line ``ConfigError`` for ``redis://`` (see the module), a retrying ``RDBStorage`` for
+    any other URL
     (``heartbeat`` / ``stale_after`` seconds: Optuna's heartbeat interval and grace period,
     rounded up to whole seconds). ``say("journal-repaired", info)`` hears a repair."""
     optuna = require_optuna()
     s = str(url)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if s.startswith(("redis://", "rediss://")):
-            return _redis_storage(optuna, s)
+        refuse_redis(s)
         if is_url(s):
             return _rdb_storage(optuna, s, heartbeat, stale_after, retry_for)
         return optuna.storages.JournalStorage(
             _journal_file(optuna, Path(s).expanduser(), say))
 
 
-def _redis_storage(optuna: Any, s: str) -> Any:
-    try:
-        from optuna.storages.journal import JournalRedisBackend
-
-        return optuna.storages.JournalStorage(JournalRedisBackend(s))
-    except ImportError:
-        raise ConfigError(f"storage {redact(s)} needs the redis package: pip install redis"
-                          ) from None
-    except Exception as e:  # noqa: BLE001 - the client's errors vary
-        raise StorageError(f"cannot open storage {redact(s)}: {_reason(e, _password(s))}"
-                           ) from None
+def refuse_redis(storage: str | Path) -> None:
+    """One-line ``ConfigError`` for a ``redis://`` / ``rediss://`` storage (see the module)."""
+    s = str(storage)
+    if not s.lower().startswith(("redis://", "rediss://")):
+        return
+    raise ConfigError(f"storage {redact(s)}: Redis storage is refused because Optuna's Redis "
+                      "journal unpickles the snapshots it reads from Redis, and gpunet loads "
+                      "no pickle; use a journal file or a postgresql:// URL")
 
 
 # ====================================================================== journal files
@@ -187,33 +187,28 @@ def _journal_file(optuna: Any, p: Path, say: Callable[[str, dict[str, Any]], Non
 
 
 def journal_lock(optuna: Any, p: Path) -> Any:
-    """Optuna's symlink lock on journal ``p``, by absolute path (a relative one makes a link
-    that dangles, and a lock left by a killed worker then never expires), released by
-    force after ``LOCK_GRACE`` seconds without a change to the journal."""
-    return optuna.storages.journal.JournalFileSymlinkLock(os.path.abspath(p),
-                                                          grace_period=LOCK_GRACE)
+    """The lock on journal ``p``: Optuna's symlink protocol by absolute path, a lock left
+    unchanged for ``LOCK_GRACE`` seconds (a writer killed mid-append) removed with a warning,
+    even one that dangles (``gpunet.tune.lock``)."""
+    from .lock import JournalLock
+
+    return JournalLock(p, LOCK_GRACE)
 
 
 def release_dead_lock(p: Path, still: float = 2.0) -> bool:
     """Remove journal ``p``'s lock if it stands unchanged for ``still`` seconds (a live worker
     holds it for one append; the caller knows a worker was just killed, maybe holding it).
     True if it was removed."""
+    from .lock import break_lock, lock_identity
+
     lock = os.path.abspath(p) + ".lock"
-    try:
-        before = os.lstat(lock)
-        time.sleep(still)
-        after = os.lstat(lock)
-    except FileNotFoundError:
+    before = lock_identity(lock)
+    if before is None:
         return False
-    if (before.st_ino, before.st_ctime_ns) != (after.st_ino, after.st_ctime_ns):
+    time.sleep(still)
+    if lock_identity(lock) != before:
         return False
-    aside = f"{lock}.{os.getpid()}.dead"
-    try:
-        os.rename(lock, aside)
-        os.unlink(aside)
-    except FileNotFoundError:
-        return False
-    return True
+    return break_lock(lock, before)
 
 
 class JournalDamage:
@@ -483,8 +478,8 @@ def _rdb_storage(optuna: Any, s: str, heartbeat: float | None, stale_after: floa
             store = _create_with_retry(cls, s, kw)
     except NoSuchModuleError:
         raise ConfigError(f"storage {redact(s)}: unknown kind of database {dialect!r}; give a "
-                          "journal file path or a postgresql://, mysql://, sqlite:/// or "
-                          "redis:// URL") from None
+                          "journal file path or a postgresql://, mysql:// or sqlite:/// URL"
+                          ) from None
     except ImportError:
         hint = ("pip install 'gpunet[postgres]'" if dialect == "postgresql"
                 else f"install a Python driver for {dialect}")

@@ -119,28 +119,39 @@ class Worker:
 
 
 class Heartbeat:
-    """Keeps a running ``trial`` alive for the stale-trial check, every ``every`` seconds.
+    """Keeps running ``trials`` (one trial, or a worker's claimed batch) alive for the
+    stale-trial check, every ``every`` seconds.
 
-    Journal (``rdb`` None): calling it refreshes the ``gpunet_heartbeat`` attribute once
-    ``every`` seconds passed (training calls it from ``fit``'s callback). Database: a thread
-    records Optuna's heartbeat from ``__enter__`` to ``__exit__``; calling it does nothing.
-    A failing beat is left for the search's own next storage call to report."""
+    Journal (``rdb`` None): calling it refreshes each trial's ``gpunet_heartbeat`` attribute
+    once ``every`` seconds passed (training calls it from ``fit``'s callback). Database: a
+    thread records Optuna's heartbeat of each trial from ``__enter__`` to ``__exit__``;
+    calling it does nothing. ``drop`` stops beating a trial that ended. A failing beat is
+    left for the search's own next storage call to report."""
 
-    def __init__(self, trial: Any, every: float, rdb: Any = None) -> None:
-        self.trial, self.every, self.rdb = trial, every, rdb
+    def __init__(self, trials: Any, every: float, rdb: Any = None) -> None:
+        self.trials = list(trials) if isinstance(trials, (list, tuple)) else [trials]
+        self.every, self.rdb = every, rdb
         self.last = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def drop(self, trial: Any) -> None:
+        """Beat ``trial`` no more (it ended)."""
+        self.trials = [t for t in self.trials if t.number != trial.number]
+
     def __call__(self) -> None:
         if self.rdb is None and time.monotonic() - self.last > self.every:
-            self.trial.set_user_attr("gpunet_heartbeat", time.time())
+            now = time.time()
+            for t in list(self.trials):
+                with contextlib.suppress(Exception):   # marked failed meanwhile: told later
+                    t.set_user_attr("gpunet_heartbeat", now)
             self.last = time.monotonic()
 
     def _beat(self) -> None:
         while not self._stop.wait(max(1, math.ceil(self.every))):
-            with contextlib.suppress(Exception):
-                self.rdb.record_heartbeat(self.trial._trial_id)
+            for t in list(self.trials):
+                with contextlib.suppress(Exception):
+                    self.rdb.record_heartbeat(t._trial_id)
 
     def __enter__(self) -> Heartbeat:
         if self.rdb is not None:
@@ -212,9 +223,10 @@ class TuneStudy:
         return cls(optuna, st, sampler, name, storage, trials_dir, stale_after, say,
                    rdb=store if db else None, heartbeat=heartbeat)
 
-    def beating(self, trial: Any) -> Heartbeat:
-        """The heartbeat that keeps ``trial`` from being taken for stale (see the module)."""
-        return Heartbeat(trial, self.heartbeat, self.rdb)
+    def beating(self, trials: Any) -> Heartbeat:
+        """The heartbeat that keeps ``trials`` (one trial or a list) from being taken for
+        stale (see the module)."""
+        return Heartbeat(trials, self.heartbeat, self.rdb)
 
     def run_dir(self, number: int) -> Path:
         """Trial ``number``'s run folder, always directly inside ``trials_dir``."""
@@ -295,22 +307,57 @@ class TuneStudy:
 
     def _remove_finished_folders(self) -> None:
         """Remove ``<trials_dir>/<slug>-<number>`` folders (real folders, not links) of this
-        study's trials that are no longer RUNNING; nothing else is touched."""
+        study's trials that are no longer RUNNING, and the save-commit marker of a pack none
+        of whose trials is (with its temporary files: a worker killed mid-commit leaves
+        them); nothing else is touched."""
         if not self.trials_dir.is_dir() or self.trials_dir.is_symlink():
             return
-        states = {t.number: t.state.name for t in self.trials()}
+        ts = self.trials()
+        states = {t.number: t.state.name for t in ts}
         head = f"{self.slug}-"
         for d in self.trials_dir.iterdir():
             num = d.name[len(head):]
             if d.name.startswith(head) and num.isdigit() and d.is_dir() \
                     and not d.is_symlink() and states.get(int(num), "RUNNING") != "RUNNING":
                 shutil.rmtree(d, ignore_errors=True)
+        self._remove_pack_markers(ts, states)
+
+    def _remove_pack_markers(self, ts: list[Any], states: dict[int, str]) -> None:
+        """Remove ``gpunet.packed.PackCommit`` markers (``.pack-<key>.commit``, and
+        ``..pack-<key>.commit.*.gpunet-tmp``) of this study's ended packs."""
+        packs = {tuple(p) for t in ts for p in [t.user_attrs.get("gpunet_pack")]
+                 if isinstance(p, list) and len(p) > 1}
+        names = set()
+        for p in packs:
+            if all(states.get(int(n), "RUNNING") != "RUNNING" for n in p):
+                from ..packed import PackCommit
+
+                names.add(PackCommit([self.run_dir(int(n)) for n in p]).marker.name)
+        if not names:
+            return
+        for e in os.scandir(self.trials_dir):
+            base = e.name[1:].rsplit(".", 2)[0] if e.name.endswith(".gpunet-tmp") else e.name
+            if base in names and e.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    os.unlink(e.path)
 
     # ------------------------------------------------------------------ writing
-    def claim(self, total: int) -> tuple[Any, int] | None:
-        """Ask for a trial, record this worker and a heartbeat on it; returns it with its rank
-        (finished or running trials before it), or None for a claim beyond ``total`` (closed
-        at once as FAIL with ``gpunet_surplus``: another worker took the last place)."""
+    def claim(self, total: int, n: int = 1) -> list[tuple[Any, int]]:
+        """Ask for up to ``n`` trials, one at a time, recording this worker and a heartbeat on
+        each; returns them with their ranks (finished or running trials before each). A claim
+        beyond ``total`` (another worker took the last place) is closed at once as FAIL with
+        ``gpunet_surplus`` and ends the claiming."""
+        out: list[tuple[Any, int]] = []
+        for i in range(max(1, int(n))):
+            if i and len(self.active(self.trials())) >= total:
+                break   # other workers took the rest meanwhile
+            one = self._claim_one(total)
+            if one is None:
+                break
+            out.append(one)
+        return out
+
+    def _claim_one(self, total: int) -> tuple[Any, int] | None:
         with warnings.catch_warnings():
             # Optuna's heartbeat is meant for Study.optimize; ask/tell keeps it by hand here
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
@@ -326,6 +373,13 @@ class TuneStudy:
             self.st.tell(trial, state=self.optuna.trial.TrialState.FAIL, skip_if_finished=True)
             return None
         return trial, rank
+
+    def other_workers(self, ts: list[Any]) -> int:
+        """How many other workers hold RUNNING trials in ``ts``."""
+        me = self.worker.identity
+        ids = {json.dumps(w, sort_keys=True) for t in ts if t.state.name == "RUNNING"
+               for w in [t.user_attrs.get("gpunet_worker")] if isinstance(w, dict) and w != me}
+        return len(ids)
 
     def record_planned(self, trial: Any, params: dict[str, Param], values: dict[str, Any]) -> None:
         """Record ``values`` as the trial's Optuna parameters (the sampler returns them)."""
