@@ -9,6 +9,7 @@ Members stopping alone: divergence, early stopping, pruning from the callback.
 from __future__ import annotations
 
 import json
+import os
 
 import h5py
 import numpy as np
@@ -267,6 +268,39 @@ def test_patience_and_pruning_stop_members_alone(tmp_path):
     assert b.results[2].status == "pruned" and b.results[2].epochs == 2
     assert b.errors[2] == "pruned at epoch 2"
     assert b.results[1].history == _no_time(a.results[1].history, b.results[1].history)
+
+
+def test_pack_saves_sync_a_fixed_few_times_whatever_the_members(tmp_path, monkeypatch):
+    """Each epoch's saves of a pack (metrics lines, last.h5, best.h5 of every member) are made
+    durable by the same number of syncs for 1 member as for 4; best.h5 of an improved epoch
+    is last.h5's file (a hard link, not a second write)."""
+    from gpunet import fileio
+
+    data = _write(tmp_path / "d.h5")
+    calls = []
+    real = fileio._syncfs()
+    monkeypatch.setattr(fileio, "_syncfs", lambda: lambda fd: calls.append("syncfs") or real(fd))
+    fsync = os.fsync
+    monkeypatch.setattr(fileio.os, "fsync", lambda fd: calls.append("fsync") or fsync(fd))
+
+    def syncs(k, epochs):
+        calls.clear()
+        fit_packed([_cfg(data, tmp_path / f"k{k}e{epochs}-{i}", MEMBERS[i], epochs=epochs)
+                    for i in range(k)])
+        return {what: calls.count(what) for what in ("syncfs", "fsync")}
+
+    per_epoch = {}
+    for k in (1, 4):
+        one, three = syncs(k, 1), syncs(k, 3)
+        per_epoch[k] = {w: (three[w] - one[w]) / 2 for w in one}
+    assert per_epoch[1] == per_epoch[4] and per_epoch[4]["syncfs"] == 2
+    assert per_epoch[4]["fsync"] <= 3  # the commit marker's write and its removal
+    out = tmp_path / "k4e3-0"
+    hist = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    best = checkpoint.load(out / "best.h5")
+    assert os.path.samefile(out / "best.h5", out / "last.h5") == (best.epoch == 3)
+    assert best.epoch == max(r["epoch"] for r in hist if r["val_acc"] == max(
+        h["val_acc"] for h in hist))
 
 
 class _Killed(Exception):
