@@ -12,7 +12,14 @@ Data order: members whose data split and seed agree read one batch (the first De
 as a shared input); otherwise each group of members reads its own batches, gathered into an
 (n, K*in) input. Members stop alone: a NaN / inf loss (status ``diverged``: the metrics log
 records it, ``last.h5`` stays the last good checkpoint), early stopping (``patience``), or a
-callback that raises ``StopMember`` (status ``pruned``); the others' numbers do not change.
+callback that raises ``StopMember`` (status ``pruned``, logged as a ``pruned`` event); the
+others' numbers do not change. A resumed pack leaves out the members with nothing left to train
+(finished, early-stopped: told by their checkpoints) and those that stopped alone after their
+last checkpoint (diverged, pruned: told by their logs, ``stopped_member``); their run folders
+are read, never written, and their results are reported as they ended.
+
+Files: every member's ``last.h5``, ``best.h5`` and metrics lines of one save point of the pack
+are made durable and committed together (``members.PackCommit``, ``fileio.DurableBatch``).
 """
 
 from __future__ import annotations
@@ -306,6 +313,7 @@ class _PackRun:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             while self.running.any() and self._lead().epoch < epochs:
                 self._epoch()
+        self.commit.commit()  # what the last members to stop logged (pruned mid-epoch)
 
     def _lead(self) -> Any:
         return self.states[int(np.flatnonzero(self.running)[0])]
