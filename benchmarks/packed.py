@@ -12,8 +12,13 @@ The ratio column is trials/min over K = 1's (the packed K = 1 row). On a GPU, wh
 importable, ``torch.func.stack_module_state`` + ``vmap`` trains the same K models on the
 same batches (training steps only: no validation, no files), graph-captured where possible.
 
+``--repeat N`` runs each row N times (interleaved: every row once, then again) and reports the
+fastest and the median; the machine's load average is printed with each table (a shared
+machine). ``--fsync`` makes the pack's durable saves fsync each file and folder instead of one
+Linux ``syncfs`` per save (``gpunet.fileio.USE_SYNCFS``), to compare the two.
+
     python benchmarks/packed.py [--device cpu|gpu] [--ks 1,4,16,64] [--workloads digits,synth]
-                                [--epochs 10] [--repeat 1] [--json PATH]
+                                [--epochs 10] [--repeat 1] [--fsync] [--json PATH]
 """
 
 from __future__ import annotations
@@ -158,48 +163,86 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1,
                     help="Run each variant this many times and keep the fastest (a shared "
                          "machine).")
+    ap.add_argument("--fsync", action="store_true",
+                    help="Durable saves by an fsync per file and folder, not syncfs.")
     ap.add_argument("--json", default=os.environ.get("BENCH_JSON"))
     args = ap.parse_args()
+    if args.fsync:
+        from gpunet import fileio
+
+        fileio.USE_SYNCFS = False
     ks = [int(x) for x in args.ks.split(",")]
-    results: dict = {"device": args.device, "epochs": args.epochs, "workloads": {}}
+    results: dict = {"device": args.device, "epochs": args.epochs, "fsync": args.fsync,
+                     "workloads": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.workloads.split(","):
             spec = WORKLOADS[name]
             data = spec["data"] or _synth(Path(tmp))
             ds = _open(data)
-            rows = {"single": _fastest(args.repeat, run_single, data, spec["hidden"],
-                                       args.epochs, args.device, ds)}
-            for k in ks:
-                try:
-                    rows[f"packed K={k}"] = _fastest(args.repeat, run_packed, data,
-                                                     spec["hidden"], k, args.epochs,
-                                                     args.device, ds)
-                except MemoryError:
-                    print(f"{name}: K={k} does not fit in memory")
-                    break
-                if args.device.startswith("gpu"):
-                    tr = run_torch(ds, spec["hidden"], k, args.epochs)
-                    if tr is not None:
-                        rows[f"torch vmap K={k}"] = tr
-            _print(name, rows)
-            results["workloads"][name] = rows
+            load = _load()
+            rows = _rows(args, ks, name, data, spec["hidden"], ds)
+            load = f"{load} at the start, {_load()} at the end"
+            _print(name, rows, load)
+            results["workloads"][name] = {"load_average": load, **rows}
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
 
 
-def _fastest(repeat: int, fn, *args) -> dict:
-    """The fastest of ``repeat`` runs of ``fn(*args)``."""
-    return min((fn(*args) for _ in range(max(repeat, 1))), key=lambda r: r["seconds"])
+def _rows(args, ks: list[int], name: str, data: str, hidden: list[int], ds) -> dict:
+    """Every row ``args.repeat`` times, interleaved; each row's fastest and median."""
+    runs: dict[str, list[dict]] = {}
+    variants = [("single", run_single, (data, hidden, args.epochs, args.device, ds))]
+    variants += [(f"packed K={k}", run_packed, (data, hidden, k, args.epochs, args.device, ds))
+                 for k in ks]
+    too_big = None
+    for _ in range(max(args.repeat, 1)):
+        for label, fn, fargs in variants:
+            k = fargs[2] if fn is run_packed else 1
+            if too_big is not None and k >= too_big:
+                continue
+            try:
+                runs.setdefault(label, []).append(fn(*fargs))
+            except MemoryError:
+                print(f"{name}: K={k} does not fit in memory")
+                too_big = k
+                runs.pop(label, None)
+    rows = {label: _summary(rs) for label, rs in runs.items()}
+    if args.device.startswith("gpu"):
+        for k in ks:
+            tr = run_torch(ds, hidden, k, args.epochs)
+            if tr is not None:
+                rows[f"torch vmap K={k}"] = tr
+    return rows
 
 
-def _print(name: str, rows: dict) -> None:
-    ref = rows.get("packed K=1", rows["single"])["trials_per_min"]
-    print(f"\n{name}: trials per minute ({len(rows)} rows; ratio to packed K=1)")
-    print(f"{'variant':<18} {'seconds':>9} {'trials/min':>11} {'ratio':>7}")
+def _summary(runs: list[dict]) -> dict:
+    """The fastest run, with the median's seconds and trials/min beside it."""
+    best = min(runs, key=lambda r: r["seconds"])
+    secs = sorted(r["seconds"] for r in runs)[len(runs) // 2]
+    return {**best, "median_seconds": secs, "median_trials_per_min": 60 * best["k"] / secs,
+            "runs": len(runs)}
+
+
+def _load() -> str:
+    try:
+        return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "load average unknown"
+
+
+def _print(name: str, rows: dict, load: str) -> None:
+    ref = rows.get("packed K=1", rows["single"])
+    print(f"\n{name}: trials per minute ({load}; ratio to packed K=1; fastest and median "
+          f"of {ref.get('runs', 1)})")
+    print(f"{'variant':<18} {'seconds':>9} {'trials/min':>11} {'ratio':>7} "
+          f"{'median s':>9} {'trials/min':>11} {'ratio':>7}")
     for label, r in rows.items():
+        med = r.get("median_trials_per_min", r["trials_per_min"])
         print(f"{label:<18} {r['seconds']:9.2f} {r['trials_per_min']:11.1f} "
-              f"{r['trials_per_min'] / ref:7.2f}")
+              f"{r['trials_per_min'] / ref['trials_per_min']:7.2f} "
+              f"{r.get('median_seconds', r['seconds']):9.2f} {med:11.1f} "
+              f"{med / ref.get('median_trials_per_min', ref['trials_per_min']):7.2f}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Members stopping alone: divergence, early stopping, pruning from the callback.
 from __future__ import annotations
 
 import json
+import os
 
 import h5py
 import numpy as np
@@ -267,6 +268,80 @@ def test_patience_and_pruning_stop_members_alone(tmp_path):
     assert b.results[2].status == "pruned" and b.results[2].epochs == 2
     assert b.errors[2] == "pruned at epoch 2"
     assert b.results[1].history == _no_time(a.results[1].history, b.results[1].history)
+
+
+def test_pack_saves_sync_a_fixed_few_times_whatever_the_members(tmp_path, monkeypatch):
+    """Each epoch's saves of a pack (metrics lines, last.h5, best.h5 of every member) are made
+    durable by the same number of syncs for 1 member as for 4; best.h5 of an improved epoch
+    is last.h5's file (a hard link, not a second write)."""
+    from gpunet import fileio
+
+    data = _write(tmp_path / "d.h5")
+    calls = []
+    real = fileio._syncfs()
+    monkeypatch.setattr(fileio, "_syncfs", lambda: lambda fd: calls.append("syncfs") or real(fd))
+    fsync = os.fsync
+    monkeypatch.setattr(fileio.os, "fsync", lambda fd: calls.append("fsync") or fsync(fd))
+
+    def syncs(k, epochs):
+        calls.clear()
+        fit_packed([_cfg(data, tmp_path / f"k{k}e{epochs}-{i}", MEMBERS[i], epochs=epochs)
+                    for i in range(k)])
+        return {what: calls.count(what) for what in ("syncfs", "fsync")}
+
+    per_epoch = {}
+    for k in (1, 4):
+        one, three = syncs(k, 1), syncs(k, 3)
+        per_epoch[k] = {w: (three[w] - one[w]) / 2 for w in one}
+    assert per_epoch[1] == per_epoch[4] and per_epoch[4]["syncfs"] == 2
+    assert per_epoch[4]["fsync"] <= 3  # the commit marker's write and its removal
+    out = tmp_path / "k4e3-0"
+    hist = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    best = checkpoint.load(out / "best.h5")
+    assert os.path.samefile(out / "best.h5", out / "last.h5") == (best.epoch == 3)
+    assert best.epoch == max(r["epoch"] for r in hist if r["val_acc"] == max(
+        h["val_acc"] for h in hist))
+
+
+class _Killed(Exception):
+    """Stands for a kill: raised from the callback, it ends ``fit_packed`` there."""
+
+
+def test_resumed_pack_leaves_out_members_that_stopped_alone(tmp_path):
+    """A pack interrupted in epoch 5 and resumed: the early-stopped member (told by its
+    checkpoint) and the pruned one (told by its log's ``pruned`` event; its last.h5 is behind
+    the others') stay as they are, the third trains on, bit for bit as uninterrupted."""
+    data = _write(tmp_path / "d.h5", seed=9)
+    cfgs = {tag: [_cfg(data, tmp_path / f"{tag}{k}", m, epochs=8, patience=1 if k == 0 else 0)
+                  for k, m in enumerate(MEMBERS[:3])] for tag in "bc"}
+
+    def prune(k, event, info, kill=False):
+        if k == 2 and event == "epoch" and info["epoch"] == 2:
+            raise StopMember("pruned at epoch 2")
+        if kill and k == 1 and event == "epoch" and info["epoch"] == 5:
+            raise _Killed  # member 1's epoch-5 files staged, never committed
+
+    with pytest.raises(_Killed):
+        fit_packed(cfgs["b"], callback=lambda *a: prune(*a, kill=True))
+    log = [json.loads(x) for x in (tmp_path / "b2" / "metrics.jsonl").read_text().splitlines()]
+    assert log[-1] == {"event": "pruned", "epoch": 2, "step": log[-2]["step"],
+                       "reason": "pruned at epoch 2"}
+    assert checkpoint.load(tmp_path / "b0" / "last.h5").progress["status"] == "early_stopped"
+    frozen = {k: {p.name: p.read_bytes() for p in (tmp_path / f"b{k}").iterdir()}
+              for k in (0, 2)}
+    again = fit_packed(cfgs["b"], resume=[tmp_path / f"b{k}" / "last.h5" for k in range(3)])
+    whole = fit_packed(cfgs["c"], callback=prune)
+    for res in (again, whole):
+        assert [r.status for r in res.results] == ["early_stopped", "finished", "pruned"]
+        assert res.errors == [None, None, "pruned at epoch 2"] and res.results[2].epochs == 2
+    for k in (0, 2):
+        assert {p.name: p.read_bytes() for p in (tmp_path / f"b{k}").iterdir()} == frozen[k]
+    assert again.results[1].history == _no_time(whole.results[1].history,
+                                                again.results[1].history)
+    ca, cb = (checkpoint.load(r.results[1].last_path) for r in (whole, again))
+    assert ca.step == cb.step and ca.rng == cb.rng
+    for name in ca.arrays:
+        np.testing.assert_array_equal(ca.arrays[name], cb.arrays[name])
 
 
 def test_member_checkpoint_is_an_ordinary_checkpoint(tmp_path):

@@ -120,3 +120,86 @@ def test_repeats_sigkill_then_resume_auto_is_bit_exact(tmp_path):
         assert _epoch_lines(ma) == _epoch_lines(mb)
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (ref, cut))
     assert sa["val_acc"] == sb["val_acc"] and sa["test_acc"] == sb["test_acc"]
+
+
+#: run as ``python SCRIPT ARGS...``: ``gpunet ARGS`` with member 1 of a 3-member pack made to
+#: diverge (a NaN planted in its parameters before step NAN_AT of the pack) and, with
+#: KILL_AT_COMMIT=m, a SIGKILL at the pack's m-th save right after its commit marker is
+#: written (before the renames)
+_INJECT = """
+import os, runpy, signal, sys
+import numpy as np
+from gpunet.packed import members, step
+
+NAN_AT, KILL_AT = int(os.environ["NAN_AT"]), int(os.environ.get("KILL_AT_COMMIT", "0"))
+run, mark, marks = step.PackedTrainStep.run, members.PackCommit._mark, [0]
+
+def planted(self, x=None, y=None):
+    if self.pack.k == 3 and self.steps == NAN_AT:
+        self.pack.params[1, 0] = np.nan
+    return run(self, x, y)
+
+def marked(self, pairs):
+    mark(self, pairs)
+    marks[0] += 1
+    if marks[0] == KILL_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+step.PackedTrainStep.run, members.PackCommit._mark = planted, marked
+sys.argv = ["gpunet", *sys.argv[1:]]
+runpy.run_module("cli", run_name="__main__")
+"""
+
+
+def test_repeats_resume_leaves_out_a_diverged_member_bit_exact(tmp_path):
+    """Member 1 diverges in epoch 2; the pack is killed at a commit point in epoch 4 (marker
+    written, renames not done), when member 1's last.h5 is behind the others'. ``--resume
+    auto`` leaves member 1 out (its folder untouched) and ends the others bit for bit as the
+    uninterrupted run, with the same summary."""
+    data = tmp_path / "d.h5"
+    _write_data(data)
+    script = tmp_path / "inject.py"
+    script.write_text(_INJECT)
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    env = {**_env(), "NAN_AT": "100", "PYTHONPATH": os.getcwd()}
+
+    def gpunet(out, *extra, kill=0, inject=True):
+        cmd = [sys.executable, str(script)] if inject else [sys.executable, "-m", "gpunet.cli"]
+        return subprocess.run(cmd + _args(data, out, "--json", *extra), capture_output=True,
+                              text=True, timeout=300, env={**env, "KILL_AT_COMMIT": str(kill)})
+
+    r = gpunet(ref)
+    assert r.returncode == 0, r.stderr
+    summary_ref = json.loads((ref / "summary.json").read_text())
+    assert summary_ref["statuses"] == ["finished", "diverged", "finished"]
+    r = gpunet(cut, kill=45)  # 13 saves per epoch (save_every 7, 90 batches): epoch 4
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert list(cut.glob(".pack-*.commit")), "killed before the commit point"
+    assert _events(cut / "member-1" / "metrics.jsonl") == ["diverged"]
+    before = {p.name: p.read_bytes() for p in (cut / "member-1").iterdir()}
+    behind = ck.load(cut / "member-1" / "last.h5")
+    assert behind.step < ck.load(cut / "member-0" / "last.h5").step
+
+    r = gpunet(cut, "--resume", "auto", inject=False)
+    assert r.returncode == 0, r.stderr
+    assert {p.name: p.read_bytes() for p in (cut / "member-1").iterdir()} == before
+    for i in range(3):
+        a = ck.load(ref / f"member-{i}" / "last.h5")
+        b = ck.load(cut / f"member-{i}" / "last.h5")
+        assert a.step == b.step and a.epoch == b.epoch == (EPOCHS if i != 1 else behind.epoch)
+        for k in a.arrays:
+            np.testing.assert_array_equal(a.arrays[k], b.arrays[k])
+        for k in a.optimizer_state:
+            np.testing.assert_array_equal(a.optimizer_state[k], b.optimizer_state[k])
+        assert a.rng == b.rng
+        ma, mb = ref / f"member-{i}" / "metrics.jsonl", cut / f"member-{i}" / "metrics.jsonl"
+        assert _epoch_lines(ma) == _epoch_lines(mb)
+    summary = json.loads((cut / "summary.json").read_text())
+    assert summary["statuses"] == summary_ref["statuses"]
+    assert summary["val_acc"] == summary_ref["val_acc"]
+    assert summary["test_acc"] == summary_ref["test_acc"]
+    assert not list(cut.glob(".pack-*.commit")) and not list(cut.glob("member-*/.*pack-next"))
+
+
+def _events(path):
+    return [r["event"] for r in map(json.loads, path.read_text().splitlines()) if "event" in r]

@@ -212,9 +212,12 @@ class NumpyBackend(Backend):
                      scalars: dict[str, Array], decay: Array, decay_mask: Array | None,
                      active: Array | None) -> bool:
         """Each active row through the single op's chunked update (``cpu/optim.py``) with
-        its member's scalars: row k is bit for bit what ``*_update`` gives member k. Rows
-        are shared out among the threads (each row on one) unless a row alone fills them.
-        Returns False, doing nothing, for arrays the rows cannot be taken from."""
+        its member's scalars: row k is bit for bit what ``*_update`` gives member k. The rows
+        go one after the other on the calling thread (a row that alone fills the threads
+        is split in chunks among them, as the single op does): sharing the rows out among
+        2 threads measured 1.5-2x slower at K = 1, 16 and 64 on the 2-core machine (the
+        passes are memory-bound; benchmarks/packed.py). Returns False, doing nothing, for
+        arrays the rows cannot be taken from."""
         arrays = (w, g, *states)
         if not all(isinstance(a, np.ndarray) and a.ndim == 2 and a.shape == w.shape
                    and a.dtype == np.float32 and a.flags.c_contiguous for a in arrays):
@@ -222,21 +225,13 @@ class NumpyBackend(Backend):
         update, names = PACKED_UPDATES[opt]
         host = [np.asarray(scalars[n]).tolist() for n in names]
         dec = np.asarray(decay).tolist()
-        rows = [k for k in range(w.shape[0]) if active is None or active[k]]
-        big = w.shape[1] >= 2 * optim.CHUNK or self.threads == 1
-
-        def run(part: list[int], pool: WorkPool) -> None:
-            for k in part:
-                row = tuple(a[k] for a in arrays)
-                update(pool, self._blas1_for(*row), *row,
-                       *(h[k] for h in host), dec[k], decay_mask)
-
+        on = np.ones(w.shape[0], dtype=bool) if active is None else np.asarray(active)
+        pool = self.pool if w.shape[1] >= 2 * optim.CHUNK else self._row_pool
+        blas = self._blas1_for(w[0], g[0], *(a[0] for a in states))
         with self.gemm.one_thread():
-            if big:
-                run(rows, self.pool)
-            else:
-                parts = [rows[i::self.threads] for i in range(self.threads)]
-                self.pool.map(lambda part: run(part, self._row_pool), parts)
+            for k in np.flatnonzero(on).tolist():
+                row = tuple(a[k] for a in arrays)
+                update(pool, blas, *row, *(h[k] for h in host), dec[k], decay_mask)
         return True
 
     @property

@@ -12,7 +12,14 @@ Data order: members whose data split and seed agree read one batch (the first De
 as a shared input); otherwise each group of members reads its own batches, gathered into an
 (n, K*in) input. Members stop alone: a NaN / inf loss (status ``diverged``: the metrics log
 records it, ``last.h5`` stays the last good checkpoint), early stopping (``patience``), or a
-callback that raises ``StopMember`` (status ``pruned``); the others' numbers do not change.
+callback that raises ``StopMember`` (status ``pruned``, logged as a ``pruned`` event); the
+others' numbers do not change. A resumed pack leaves out the members with nothing left to train
+(finished, early-stopped: told by their checkpoints) and those that stopped alone after their
+last checkpoint (diverged, pruned: told by their logs, ``stopped_member``); their run folders
+are read, never written, and their results are reported as they ended.
+
+Files: every member's ``last.h5``, ``best.h5`` and metrics lines of one save point of the pack
+are made durable and committed together (``members.PackCommit``, ``fileio.DurableBatch``).
 """
 
 from __future__ import annotations
@@ -27,15 +34,17 @@ from typing import Any
 
 import numpy as np
 
+from .. import checkpoint as ckpt_mod
 from ..backend import Backend, get_backend
 from ..config import TrainConfig
-from ..errors import ConfigError, TrainingDiverged
+from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..train.evaluation import EVAL_BATCH_SIZE, _input_batches, _nll_rows
 from ..train.feeds import make_feed
-from ..train.fitting import _class_weights, _Driver, _open_dataset, start_run
+from ..train.fitting import _class_weights, _Driver, _open_dataset, _prepare_config, start_run
 from ..train.loop import BatchDone, CheckpointDue, Diverged, EpochDone, EpochStarted, Progress
 from ..train.result import FitResult
-from ..train.runfolder import default_out_dir, normalize_data_ref
+from ..train.runfolder import RunFolder, default_out_dir, normalize_data_ref
+from ..train.state import TrainState
 from .members import PackCommit
 from .model import PackedMLP
 from .optim import PackedOptimizer
@@ -47,6 +56,11 @@ PackCallback = Callable[[int, str, dict[str, Any]], None]
 #: what the members of a pack must share (``TrainConfig`` keys)
 PACK_KEYS = ("hidden", "batchnorm", "activation", "batch_size", "epochs", "drop_last",
              "device", "cuda_graph", "tf32", "save_every")
+
+
+#: the metrics-log events of a member that stopped alone (``fit_packed`` leaves it out of a
+#: resumed pack)
+STOP_EVENTS = ("diverged", "pruned")
 
 
 class StopMember(Exception):  # noqa: N818 - a signal, not an error
@@ -101,15 +115,71 @@ def fit_packed(configs: Sequence[TrainConfig | dict[str, Any]],
     commit.recover()
     be = get_backend(backend if backend is not None else cfgs[0].device)
     datasets = _datasets(cfgs, dataset)
+    stopped = [stopped_member(r) for r in resumes]
+    errors = [s[1] if s is not None else None for s in stopped]
     with contextlib.ExitStack() as members:  # each member's run folder locked till the end
-        started = [members.enter_context(
-            start_run(cfg, be, resume=resumes[k], dataset=datasets[k],
-                      callback=_member_callback(callback, k), prepare=False))
-            for k, cfg in enumerate(cfgs)]
-        run = _PackRun([d for d, _ in started], [f for _, f in started], commit)
-        run.train()
-        results = [d.finish(t0, resumes[k], d.changed) for k, d in enumerate(run.drivers)]
-    return PackedFitResult(results, run.errors, time.perf_counter() - t0)
+        drivers, train = [], []
+        for k, cfg in enumerate(cfgs):
+            say = _member_callback(callback, k)
+            if stopped[k] is not None:  # diverged or pruned before the pack was killed
+                drivers.append(_stopped_driver(cfg, be, resumes[k], datasets[k], say,
+                                               stopped[k][0]))
+                continue
+            d, finished = members.enter_context(
+                start_run(cfg, be, resume=resumes[k], dataset=datasets[k], callback=say,
+                          prepare=False))
+            drivers.append(d)
+            if not finished:
+                train.append(k)
+        if train:  # the members with epochs left, as one pack
+            run = _PackRun([drivers[k] for k in train], commit)
+            run.train()
+            for i, k in enumerate(train):
+                errors[k] = run.errors[i]
+        results = [d.finish(t0, resumes[k], d.changed) for k, d in enumerate(drivers)]
+    return PackedFitResult(results, errors, time.perf_counter() - t0)
+
+
+def stopped_member(resume: str | Path | None) -> tuple[str, str] | None:
+    """``(status, message)`` when the run of checkpoint ``resume`` stopped alone in its pack
+    after that checkpoint (its metrics log ends with a ``diverged`` or ``pruned`` event at or
+    past the checkpoint's step: ``last.h5`` stayed the last good one), else None. Such a
+    member is left out of a resumed pack (early-stopped and finished members are told by
+    their checkpoint)."""
+    if resume is None:
+        return None
+    path = Path(resume)
+    try:
+        recs = RunFolder(path.parent).metrics.read()
+        last = recs[-1] if recs else {}
+        if last.get("event") not in STOP_EVENTS or \
+                int(last.get("step", -1)) < ckpt_mod.load(path).step:
+            return None
+    except (OSError, ValueError, TypeError, CheckpointError):
+        return None  # start_run reports what is wrong with the files
+    status = str(last["event"])
+    if status == "diverged":
+        msg = (f"training diverged: the loss became {last.get('loss')} in epoch "
+               f"{last.get('epoch')} (its run folder's metrics.jsonl); the last good "
+               f"checkpoint is {path}")
+    else:
+        msg = str(last.get("reason") or "pruned")
+    return status, msg
+
+
+def _stopped_driver(cfg: TrainConfig, be: Backend, resume: str | Path | None, dataset: Any,
+                    say: Callable[[str, dict], None], status: str) -> _Driver:
+    """A member that stopped alone before: its state read from its checkpoint, its history
+    from its log, nothing written (``start_run`` for a run with nothing left to train)."""
+    cfg, ck, changed = _prepare_config(cfg, resume)
+    ds = dataset if dataset is not None else _open_dataset(cfg)
+    assert ck is not None
+    state = TrainState.from_checkpoint(ck, cfg, ds, be)
+    state.status = status
+    driver = _Driver(cfg, RunFolder(str(cfg.out)), state, ds, say)
+    driver.changed = changed
+    driver.announce(resume, finished=True)
+    return driver
 
 
 def _member_callback(callback: PackCallback | None, k: int) -> Callable[[str, dict], None]:
@@ -185,13 +255,13 @@ class _PackRun:
     """The members' drivers, the pack built from their states, and the lock-step epoch
     loop that hands each member's progress records to its driver."""
 
-    def __init__(self, drivers: list[_Driver], finished: list[bool], commit: PackCommit) -> None:
+    def __init__(self, drivers: list[_Driver], commit: PackCommit) -> None:
         self.drivers, self.commit = drivers, commit
         self.k = len(drivers)
         self.states = [d.state for d in drivers]
         self.cfg = drivers[0].cfg
         self.errors: list[str | None] = [None] * self.k
-        self.running = np.array([not f for f in finished], dtype=bool)
+        self.running = np.ones(self.k, dtype=bool)
         self._check_aligned()
         self.pack = PackedMLP.from_members([s.model for s in self.states])
         self.opt = PackedOptimizer(self.pack, [s.optimizer for s in self.states])
@@ -207,12 +277,12 @@ class _PackRun:
                                 b, self.step if shared else _Target(be, b, d))
                       for g in self.groups]
         self.step.set_active(self.running)
-        for d in drivers:  # last.h5 saves go through the pack's commit
+        for d in drivers:  # last.h5 / best.h5 saves and metrics lines: the pack's commit
             d.run.save = commit.saver(d.run)  # type: ignore[method-assign]
+            d.run.metrics.append = commit.appender(d.run.metrics)  # type: ignore[method-assign]
 
     def _check_aligned(self) -> None:
-        points = {(s.epoch, s.batch, s.step) for s, r in zip(self.states, self.running, strict=True)
-                  if r}
+        points = {(s.epoch, s.batch, s.step) for s in self.states}
         if len(points) > 1:
             raise ConfigError("the pack's members were saved at different points "
                               f"(epoch, batch, step: {sorted(points)}); resume them alone")
@@ -243,6 +313,7 @@ class _PackRun:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             while self.running.any() and self._lead().epoch < epochs:
                 self._epoch()
+        self.commit.commit()  # what the last members to stop logged (pruned mid-epoch)
 
     def _lead(self) -> Any:
         return self.states[int(np.flatnonzero(self.running)[0])]
@@ -305,12 +376,15 @@ class _PackRun:
     def _check_step(self, epoch: int) -> None:
         """Members the step switched off (a NaN / inf loss) diverged at this step."""
         active = self.step.active_members()
+        if active[self.running].all():
+            return
         losses = self.be.to_host(self.step.losses)
         for k in self._members():
             if not active[k]:
                 s = self.states[k]
                 self._diverge(k, Diverged(epoch, s.step, f"at epoch {epoch}, step {s.step + 1}",
                                           float(losses[k])))
+        self.commit.sync()  # the divergence events on disk now, not at the next save
 
     def _maybe_save(self, epoch: int, count: int, clock: _Clock) -> None:
         lead, every = self._lead() if self.running.any() else None, self.cfg.save_every
@@ -381,6 +455,10 @@ class _PackRun:
             self._stop(k, "diverged", str(e))
 
     def _stop(self, k: int, status: str, message: str) -> None:
+        s = self.states[k]
+        if status == "pruned":  # logged, as a divergence is: a resumed pack leaves k out
+            self.drivers[k].run.metrics.append({"event": "pruned", "epoch": s.epoch,
+                                                "step": s.step, "reason": message})
         self.states[k].status = status
         self.errors[k] = message
         self.running[k] = False

@@ -9,10 +9,16 @@ take any run's.
 
 Commit. A pack saves all its members' ``last.h5`` at the same moments. So that a pack killed
 in the middle of those saves resumes with every member at the same point, the saves are staged
-(``.last.h5.pack-next`` beside each ``last.h5``), then a marker file listing them is written
-atomically (the commit point), the staged files are renamed into place, and the marker is
-removed. ``PackCommit.recover`` finishes the renames of a committed set and drops the staged
-files of one that never committed.
+(``.last.h5.pack-next`` beside each ``last.h5``, ``.best.h5.pack-next`` beside ``best.h5``: a
+hard link to the staged ``last.h5`` when it is the same checkpoint), the members' metrics lines
+are appended without an fsync each, and then, once per save point of the pack
+(``fileio.DurableBatch``): one sync makes all of them durable (a Linux ``syncfs``), a marker
+file listing the staged files is written atomically (the commit point), the staged files are
+renamed into place (each member's ``last.h5`` before its ``best.h5``), one sync makes the
+renames durable, and the marker is removed. ``PackCommit.recover`` finishes the renames of a
+committed set and drops the staged files of one that never committed. Durability is the
+single run's (everything is on disk before the commit point, the renames before the marker
+goes); the fsyncs per member become a fixed few per save point.
 """
 
 from __future__ import annotations
@@ -26,13 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from .. import checkpoint as ckpt_mod
-from ..fileio import atomic_write_text, fsync_dir
+from ..fileio import DurableBatch, atomic_write_text, fsync_dir, replace_all
 from ..model import MLP
 from ..optim import Optimizer, make_optimizer
 from .model import PackedMLP
 from .optim import PackedOptimizer
 
 STAGED_NAME = ".last.h5.pack-next"
+#: the staged name of each file a pack commits (``last.h5``, ``best.h5``)
+STAGED_NAMES = {"last.h5": STAGED_NAME, "best.h5": ".best.h5.pack-next"}
 
 
 def member_model(pack: PackedMLP, k: int) -> MLP:
@@ -73,8 +81,9 @@ def _copy_optimizer(opt: PackedOptimizer, k: int, model: MLP) -> Optimizer:
                           schedule=src.schedule, **kw)
 
 class PackCommit:
-    """The staged saves of a pack's ``last.h5`` files (see the module docstring). The marker
-    is ``.pack-<hash of the member folders>.commit`` in the folders' common parent."""
+    """The staged saves of a pack's ``last.h5`` / ``best.h5`` files and metrics lines (see
+    the module docstring). The marker is ``.pack-<hash of the member folders>.commit`` in the
+    folders' common parent."""
 
     def __init__(self, outs: list[str | Path]) -> None:
         self.outs = [Path(o).resolve() for o in outs]
@@ -82,31 +91,61 @@ class PackCommit:
         parent = Path(os.path.commonpath([str(o) for o in self.outs])) if len(self.outs) > 1 \
             else self.outs[0].parent
         self.marker = parent / f".pack-{key}.commit"
-        self.pending: list[tuple[Path, Path]] = []
+        self.batch = DurableBatch(staged=_staged_path)
+        #: per run folder, the checkpoint staged as its ``last.h5`` and the staged file
+        self._last: dict[Path, tuple[ckpt_mod.Checkpoint, Path]] = {}
+
+    @property
+    def pending(self) -> list[tuple[Path, Path]]:
+        """``(staged file, target)`` of the saves not committed yet."""
+        return self.batch.pending
 
     def saver(self, run: Any) -> Callable[[Path, ckpt_mod.Checkpoint], None]:
-        """A ``RunFolder.save`` for ``run`` that stages ``last.h5`` (other files: saved)."""
+        """A ``RunFolder.save`` for ``run`` that stages ``last.h5`` and ``best.h5`` (other
+        files: saved at once). ``best.h5`` of the checkpoint just staged as ``last.h5`` is a
+        hard link to it."""
+        out = Path(run.out)
+
         def save(path: Path, ck: ckpt_mod.Checkpoint) -> None:
-            if Path(path) != Path(run.last):
+            path = Path(path)
+            if path not in (Path(run.last), Path(run.best)):
                 ckpt_mod.save(path, ck)
                 return
-            staged = Path(run.out) / STAGED_NAME
-            ckpt_mod.save(staged, ck)
-            ck.path = str(path)
-            self.pending.append((staged, Path(path)))
+            last = self._last.get(out)
+            if path == Path(run.best) and last is not None and last[0] is ck:
+                self.batch.stage_link(last[1], path)
+                ck.path = str(path)
+                return
+            with self.batch.deferring():
+                ckpt_mod.save(path, ck)
+            if path == Path(run.last):
+                self._last[out] = (ck, self.batch.pending[-1][0])
         return save
 
+    def appender(self, log: Any) -> Callable[[dict[str, Any]], None]:
+        """A ``MetricsLog.append`` for ``log`` whose line is made durable by the next
+        ``commit`` (or ``sync``)."""
+        def append(rec: dict[str, Any]) -> None:
+            self.batch.append_line(log.path, json.dumps(rec))
+        return append
+
+    def sync(self) -> None:
+        """Make the lines appended so far durable (and the staged files; no rename)."""
+        self.batch.sync()
+
     def commit(self) -> None:
-        """Make the staged saves the members' ``last.h5``, all of them or (killed before the
-        marker is written) none."""
-        if not self.pending:
-            return
+        """Make the staged saves the members' files, all of them or (killed before the
+        marker is written) none; make the appended lines durable."""
+        self._last.clear()
+        written = self.batch.commit(before_replace=self._mark)
+        if written:
+            self.marker.unlink()
+            fsync_dir(self.marker.parent)
+
+    def _mark(self, pairs: list[tuple[Path, Path]]) -> None:
+        """The commit point: the marker listing the staged files, written atomically."""
         self.marker.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.marker, json.dumps([[str(a), str(b)] for a, b in self.pending]))
-        _apply(self.pending)
-        self.pending = []
-        self.marker.unlink()
-        fsync_dir(self.marker.parent)
+        atomic_write_text(self.marker, json.dumps([[str(a), str(b)] for a, b in pairs]))
 
     def recover(self) -> None:
         """Finish a committed set of renames; remove staged files that never committed."""
@@ -115,20 +154,15 @@ class PackCommit:
                 pairs = [(Path(a), Path(b)) for a, b in json.loads(self.marker.read_text())]
             except ValueError:
                 pairs = []  # cannot happen (the marker is written atomically): roll back
-            _apply(pairs)
+            replace_all(pairs)
             self.marker.unlink()
+            fsync_dir(self.marker.parent)
         for out in self.outs:
-            with contextlib.suppress(FileNotFoundError):
-                (out / STAGED_NAME).unlink()
+            for name in STAGED_NAMES.values():
+                with contextlib.suppress(FileNotFoundError):
+                    (out / name).unlink()
 
 
-def _apply(pairs: list[tuple[Path, Path]]) -> None:
-    """Rename each staged file that is still there over its target; one folder fsync per
-    folder afterwards."""
-    folders = []
-    for staged, final in pairs:
-        if staged.exists():
-            os.replace(staged, final)
-            folders.append(final.parent)
-    for folder in dict.fromkeys(folders):
-        fsync_dir(folder)
+def _staged_path(target: Path) -> Path:
+    """Where a pack stages ``target`` (``last.h5`` / ``best.h5``) until its commit."""
+    return target.with_name(STAGED_NAMES[target.name])
