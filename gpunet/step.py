@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .backend import Array
+from .graph import StepGraph
 from .layers import Dropout
 from .model import MLP
 from .optim import DeviceScalars, Optimizer
@@ -64,30 +65,26 @@ class TrainStep:
             "not on a GPU backend" if not self.device_scalars else
             "turned off" if not want else
             "no own cuBLAS handle" if not own_gemm else "dropout draws host masks each step")
-        self.graph: Any = None
+        self._graph = StepGraph(be)
         self.steps = 0
-        self._stream: Any = None
-        self._pool: Any = None
-        self._keep: list[Any] = []
 
     # ------------------------------------------------------------------ hyperparameters
     def set_lr(self, lr: float) -> None:
         """The learning rate for the following steps (a schedule calls this per epoch)."""
         self.opt.lr = float(lr)
         if self.scalars is not None:
-            self._on_stream(lambda: self.scalars.set_lr(lr))
+            self._graph.on_stream(lambda: self.scalars.set_lr(lr))
 
     def reset_sums(self, loss_sum: float = 0.0, correct: int = 0) -> None:
         """Start ``loss_sum`` and ``correct`` at these values (0 at the start of an epoch; a
         run resumed mid-epoch continues its sums, so they add up in the same order)."""
-        self._on_stream(lambda: (self.loss_sum.fill(float(loss_sum)),
-                                 self.correct.fill(int(correct))))
+        self._graph.on_stream(lambda: (self.loss_sum.fill(float(loss_sum)),
+                                       self.correct.fill(int(correct))))
 
     def sums(self) -> tuple[float, int]:
         """``(loss_sum, correct)`` on the host (waits for the queued steps)."""
         be = self.backend
-        if self._stream is not None:
-            self._stream.synchronize()
+        self._graph.synchronize()
         return float(be.to_host(self.loss_sum)), int(be.to_host(self.correct))
 
     # ------------------------------------------------------------------ the step
@@ -125,59 +122,25 @@ class TrainStep:
 
     def run_eager(self, x: Array, y: Array) -> Array:
         """One step on a batch of any size, outside the graph (an epoch's last partial batch)."""
-        self._on_stream(lambda: self._body(x, y))
+        self._graph.on_stream(lambda: self._body(x, y))
         self.steps += 1
         assert self.loss is not None
         return self.loss
 
     # ------------------------------------------------------------------ CUDA graph
-    def _on_stream(self, fn: Any) -> Any:
-        """Run ``fn`` ordered after the caller's queued work and before its later work, on the
-        capture stream once there is one (else simply now)."""
-        if self._stream is None:
-            return fn()
-        cp = self.backend.xp
-        caller = cp.cuda.get_current_stream()
-        self._stream.wait_event(caller.record())
-        with self._stream:
-            out = fn()
-        caller.wait_event(self._stream.record())
-        return out
+    @property
+    def graph(self) -> Any:
+        """The recorded CUDA graph (None before the second graph-path step)."""
+        return self._graph.graph
 
     def _run_graph(self) -> None:
-        if self.graph is None and self.steps == 0:
-            self._body(self.x, self.y)  # warm-up: compile kernels, allocate buffers
-            return
-        if self.graph is None:
-            self._capture()
-        self._on_stream(lambda: self.graph.launch(self._stream))
-        self.opt.t += 1  # the host's count of the step the graph just took
-
-    def _capture(self) -> None:
-        """Record one step into ``self.graph``; it does not run (the first replay does)."""
-        cp = self.backend.xp
-        be = self.backend
-        be.synchronize()
-        self._stream = cp.cuda.Stream(non_blocking=True)
-        self._pool = cp.cuda.MemoryPool()  # private: nothing else allocates from it
-        # keep every buffer the graph reads or writes alive as long as the graph
-        self._keep = [dict(layer._buffers) for layer in self.model.layers]
         t = self.opt.t
-        with self._stream:
-            with cp.cuda.using_allocator(self._pool.malloc):
-                # relaxed: the private pool may cudaMalloc (outside the graph) while recording
-                relaxed = getattr(cp.cuda.runtime, "streamCaptureModeRelaxed", None)
-                if relaxed is None:
-                    self._stream.begin_capture()
-                else:
-                    self._stream.begin_capture(relaxed)
-                try:
-                    self._body(self.x, self.y)
-                finally:
-                    graph = self._stream.end_capture()
-        self.opt.t = t  # recording took no step
-        self.graph = graph
-        self._keep.append(self.loss)
+        if self._graph.run(lambda: self._body(self.x, self.y), self._graph_buffers):
+            self.opt.t = t + 1  # the host counts the graph's step (recording it took none)
+
+    def _graph_buffers(self) -> list[Any]:
+        """What the graph reads or writes, held as long as the graph."""
+        return [dict(layer._buffers) for layer in self.model.layers] + [self.loss]
 
     def __repr__(self) -> str:
         mode = "cuda-graph" if self.cuda_graph else (

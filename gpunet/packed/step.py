@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import Array
+from ..graph import StepGraph
 from .model import PackedMLP
 from .optim import PackedOptimizer
 
@@ -59,45 +60,40 @@ class PackedTrainStep:
             "the backend has no graphs" if not graphs else
             "turned off" if not want else
             "no own cuBLAS handle" if not own_gemm else "dropout draws host masks each step")
-        self.graph: Any = None
+        self._graph = StepGraph(be)
         self.steps = 0
-        self._stream: Any = None
-        self._pool: Any = None
-        self._keep: list[Any] = []
 
     # ------------------------------------------------------------------ host side
     def set_lr(self, lrs: list[float]) -> None:
         """Per-member learning rates for the following steps (a schedule sets them per
         epoch)."""
-        self._on_stream(lambda: self.opt.set_lr(lrs))
+        self._graph.on_stream(lambda: self.opt.set_lr(lrs))
 
     def set_active(self, active: np.ndarray) -> None:
         """Which members train from the next step on (host bool (K,)); a member already
         switched off on the device stays off."""
         a = np.asarray(active, dtype=bool)
         self.pack.host_active[...] = a & self.pack.host_active
-        self._on_stream(lambda: self.backend.xp.logical_and(
+        self._graph.on_stream(lambda: self.backend.xp.logical_and(
             self.active, self.backend.asarray(a), out=self.active))
 
     def active_members(self) -> np.ndarray:
         """The device's ``active`` flags on the host (waits for the queued steps)."""
-        if self._stream is not None:
-            self._stream.synchronize()
+        self._graph.synchronize()
         return np.asarray(self.backend.to_host(self.active), dtype=bool).copy()
 
     def reset_sums(self, loss_sums: list[float], corrects: list[int]) -> None:
         """Start each member's ``loss_sum`` and ``correct`` at these values (0 at the start
         of an epoch; a run resumed mid-epoch continues its sums)."""
         be = self.backend
-        self._on_stream(lambda: (
+        self._graph.on_stream(lambda: (
             self.loss_sum.__setitem__(..., be.asarray(np.asarray(loss_sums, np.float64))),
             self.correct.__setitem__(..., be.asarray(np.asarray(corrects, np.int64)))))
 
     def sums(self) -> tuple[np.ndarray, np.ndarray]:
         """``(loss_sum, correct)`` per member on the host (waits for the queued steps)."""
         be = self.backend
-        if self._stream is not None:
-            self._stream.synchronize()
+        self._graph.synchronize()
         return (np.array(be.to_host(self.loss_sum), dtype=np.float64),
                 np.array(be.to_host(self.correct), dtype=np.int64))
 
@@ -147,57 +143,25 @@ class PackedTrainStep:
     def run_eager(self, x: Array, y: Array) -> Array:
         """One step on a batch of any size, outside the graph (an epoch's last partial
         batch)."""
-        self._on_stream(lambda: self._body(x, y))
+        self._graph.on_stream(lambda: self._body(x, y))
         self.steps += 1
         assert self.losses is not None
         return self.losses
 
     # ------------------------------------------------------------------ CUDA graph
-    def _on_stream(self, fn: Any) -> Any:
-        """Run ``fn`` ordered after the caller's queued work and before its later work, on
-        the capture stream once there is one (else simply now)."""
-        if self._stream is None:
-            return fn()
-        cp = self.backend.xp
-        caller = cp.cuda.get_current_stream()
-        self._stream.wait_event(caller.record())
-        with self._stream:
-            out = fn()
-        caller.wait_event(self._stream.record())
-        return out
+    @property
+    def graph(self) -> Any:
+        """The recorded CUDA graph (None before the second graph-path step)."""
+        return self._graph.graph
 
     def _run_graph(self) -> None:
-        if self.graph is None and self.steps == 0:
-            self._body(self.x, self.y)  # warm-up: compile kernels, allocate buffers
-            return
-        if self.graph is None:
-            self._capture()
-        self._on_stream(lambda: self.graph.launch(self._stream))
+        # the per-member step counts live on the device and advance inside the graph
+        self._graph.run(lambda: self._body(self.x, self.y), self._graph_buffers)
 
-    def _capture(self) -> None:
-        """Record one step into ``self.graph``; it does not run (the first replay does).
-        The step counts ``t`` live on the device and advance inside the graph: recording
-        changes nothing on the host."""
-        cp = self.backend.xp
-        be = self.backend
-        be.synchronize()
-        self._stream = cp.cuda.Stream(non_blocking=True)
-        self._pool = cp.cuda.MemoryPool()  # private: nothing else allocates from it
-        # keep every buffer the graph reads or writes alive as long as the graph
-        self._keep = [dict(op._buffers) for op in self.pack.ops]
-        with self._stream:
-            with cp.cuda.using_allocator(self._pool.malloc):
-                relaxed = getattr(cp.cuda.runtime, "streamCaptureModeRelaxed", None)
-                if relaxed is None:
-                    self._stream.begin_capture()
-                else:
-                    self._stream.begin_capture(relaxed)
-                try:
-                    self._body(self.x, self.y)
-                finally:
-                    graph = self._stream.end_capture()
-        self.graph = graph
-        self._keep += [self.losses, self._dl]
+    def _graph_buffers(self) -> list[Any]:
+        """What the graph reads or writes, held as long as the graph."""
+        return ([dict(op._buffers) for op in self.pack.ops]
+                + [self.losses, getattr(self, "_dl", None)])
 
     def __repr__(self) -> str:
         mode = "cuda-graph" if self.cuda_graph else f"eager ({self.graph_off_reason})"
