@@ -155,6 +155,15 @@ app = typer.Typer(
 )
 
 
+def _help(fn: object) -> str:
+    """A command's help: its docstring's paragraphs with the source's line breaks folded (the
+    terminal wraps them), so ``gpunet --help`` lists each command as running text."""
+    import inspect
+
+    doc = inspect.getdoc(fn) or ""
+    return "\n\n".join(" ".join(p.split()) for p in doc.split("\n\n"))
+
+
 def _register() -> None:
     from .eval import eval_command, predict_command
     from .export import export_command
@@ -162,12 +171,10 @@ def _register() -> None:
     from .train import train_command
     from .tune import tune_command
 
-    app.command("train")(train_command)
-    app.command("tune")(tune_command)
-    app.command("eval")(eval_command)
-    app.command("predict")(predict_command)
-    app.command("info")(info_command)
-    app.command("export")(export_command)
+    for name, fn in (("train", train_command), ("tune", tune_command), ("eval", eval_command),
+                     ("predict", predict_command), ("info", info_command),
+                     ("export", export_command)):
+        app.command(name, help=_help(fn))(fn)
     from .data import data_app
 
     app.add_typer(data_app, name="data", help="Make, import and inspect HDF5 datasets.")
