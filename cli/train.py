@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +16,15 @@ from gpunet.config import ACTIVATIONS, OPTIMIZER_DEFAULTS, SCHEDULES, TrainConfi
 from gpunet.errors import ConfigError
 from gpunet.text import escape
 
+from .signals import sigterm_as_interrupt
+
 #: command-line parameters that are configuration keys (the rest: config, resume, json, quiet);
 #: every ``TrainConfig`` key but ``data``, which is the DATA argument
 CONFIG_PARAMS = tuple(k for k in TrainConfig.keys() if k != "data")
 _D = TrainConfig()
 
 
-def _one_of(names: tuple[str, ...] | list[str]) -> str:
+def one_of(names: tuple[str, ...] | list[str]) -> str:
     """'a, b or c.' from a registry's names (the help text follows the registry)."""
     names = list(names)
     return (", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]) + "."
@@ -52,8 +51,8 @@ _BATCHNORM = typer.Option(_D.batchnorm, "--batchnorm/--no-batchnorm",
 _DROPOUT = typer.Option(_D.dropout, "--dropout", metavar="P",
                         help="Dropout probability after each hidden activation, in [0, 1) "
                              "(inverted dropout; 0: off).")
-_ACTIVATION = typer.Option(_D.activation, "--activation", help=_one_of(ACTIVATIONS))
-_OPTIMIZER = typer.Option(_D.optimizer, "--optimizer", help=_one_of(list(OPTIMIZER_DEFAULTS)))
+_ACTIVATION = typer.Option(_D.activation, "--activation", help=one_of(ACTIVATIONS))
+_OPTIMIZER = typer.Option(_D.optimizer, "--optimizer", help=one_of(list(OPTIMIZER_DEFAULTS)))
 _LR = typer.Option(None, "--lr", metavar="A",
                    help=f"Learning rate (default: {_lr_defaults()}).")
 _BETA1 = typer.Option(None, "--beta1", metavar="B",
@@ -63,7 +62,7 @@ _BETA2 = typer.Option(None, "--beta2", metavar="B",
 _EPS = typer.Option(None, "--eps", metavar="E", help="Adam / RMSprop epsilon (default 1e-8).")
 _WEIGHT_DECAY = typer.Option(_D.weight_decay, "--weight-decay", metavar="L",
                              help="L2 on Dense weights (never on BN gamma/beta).")
-_LR_SCHEDULE = typer.Option(_D.lr_schedule, "--lr-schedule", help=_one_of(SCHEDULES))
+_LR_SCHEDULE = typer.Option(_D.lr_schedule, "--lr-schedule", help=one_of(SCHEDULES))
 _LR_STEP_SIZE = typer.Option(_D.lr_step_size, "--lr-step-size", metavar="N",
                              help="step schedule: epochs per decay.")
 _LR_GAMMA = typer.Option(None, "--lr-gamma", metavar="G",
@@ -190,7 +189,8 @@ def repeats_command(ctx: typer.Context, data: str | None, config: str | None,
         raise ConfigError(f"--repeats must be >= 1, got {repeats}")
     cfg, _ = command_config(ctx, data, config, resume, member=0)
     say = None if json_out or quiet else _member_epoch_line
-    summary = fit_repeats(cfg, repeats, resume=resume, callback=say)
+    with sigterm_as_interrupt():
+        summary = fit_repeats(cfg, repeats, resume=resume, callback=say)
     if json_out:
         typer.echo(json.dumps(summary))
     elif not quiet:
@@ -243,25 +243,6 @@ def command_config(ctx: typer.Context, data: str | None, config: str | None,
     if cfg.data is None:
         raise ConfigError("missing DATA: give an .h5 file or a bundled dataset name (digits)")
     return cfg, resume_path
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM stops training the way Ctrl-C does (``KeyboardInterrupt``: the save in
-    progress is abandoned, its temporary file removed, the lock released; ``interrupted``,
-    exit 130). Only in the main thread, where Python delivers signals."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def explicit_params(ctx: typer.Context, names: tuple[str, ...]) -> dict[str, Any]:

@@ -2,85 +2,115 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import typer
 
-from gpunet.config import TrainConfig, load_toml
+from gpunet.config import OPTIMIZER_DEFAULTS, TrainConfig, load_toml
 from gpunet.text import escape, one_line, rich_text
+
+from .signals import sigterm_as_interrupt
+from .train import one_of
+
+# ---------------------------------------------------------------------- the option list
+# Declarative: one Typer parameter per option of `gpunet tune`.
+_DATA = typer.Argument(..., metavar="DATA",
+    help="An .h5 file, or a bundled dataset name (digits).")
+_TRIALS = typer.Option(..., "--trials", metavar="N",
+    help="The study's total of finished trials, counted across "
+    "workers and resumes (failed trials do not count).")
+_ROUNDS = typer.Option(1, "--rounds", metavar="K",
+    help="Coarse to fine: each round shrinks every numeric range "
+    "around the previous round's best trials.")
+_EPOCHS = typer.Option(10, "--epochs", metavar="N", help="Epochs per trial.")
+_SPACE = typer.Option(
+    None, "--space", metavar="FILE.toml",
+    help="Search space (default: lr, batch size, width, depth, lr decay; momentum beta "
+    "with --optimizer momentum).")
+_CONFIG = typer.Option(
+    None, "--config", metavar="FILE.toml",
+    help="Base training configuration (what the baseline trial trains).")
+_OPTIMIZER = typer.Option(None, "--optimizer", help=one_of(list(OPTIMIZER_DEFAULTS)))
+_STORAGE = typer.Option(
+    None, "--storage", metavar="URL",
+    help="Optuna storage: a journal file (default <out>/study.journal) or a URL such as "
+    "postgresql://... or sqlite:///tune.db.")
+_STUDY = typer.Option(None, "--study", metavar="NAME",
+    help="Study name (default: the data's name).")
+_OUT = typer.Option(None, "--out", metavar="DIR",
+    help="Folder for best.toml and trial runs "
+    "(default runs/tune-<study>).")
+_SEED = typer.Option(None, "--seed", metavar="S",
+    help="Seeds the search, the split and every trial.")
+_DEVICE = typer.Option(None, "--device", help="auto, cpu, gpu or gpu:N.")
+_VAL_SPLIT = typer.Option(None, "--val-split", metavar="F",
+    help="Held-out validation fraction.")
+_X_KEY = typer.Option(None, "--x-key", metavar="K")
+_Y_KEY = typer.Option(None, "--y-key", metavar="K")
+_PRUNER = typer.Option("none", "--pruner", help="median or none.")
+_BASELINE = typer.Option(True, "--baseline/--no-baseline",
+    help="Train the base configuration as the first trial.")
+_TOP = typer.Option(10, "--top", metavar="N", help="Rows of the table of best trials.")
+_PLOT = typer.Option(
+    None, "--plot", metavar="FILE.png",
+    help="Plot validation accuracy against the learning rate (needs matplotlib).")
+_ALLOW_EXTERNAL_DATA = typer.Option(
+    False, "--allow-external",
+    help="Read HDF5 links, virtual datasets and external raw storage in the data (refused "
+    "by default); each is checked first, and a missing source is an error.")
+_WORKERS = typer.Option(
+    1, "--workers", metavar="N",
+    help="Worker processes on this machine, all on one study (with --devices: per GPU).")
+_DEVICES = typer.Option(
+    None, "--devices", metavar="0,1|all",
+    help="Pin workers to these GPUs, --workers each (CUDA_VISIBLE_DEVICES).")
+_HEARTBEAT = typer.Option(
+    10.0, "--heartbeat", metavar="S", help="Seconds between a running trial's heartbeats.")
+_STALE_AFTER = typer.Option(
+    120.0, "--stale-after", metavar="S",
+    help="A running trial without a heartbeat for this long is marked failed.")
+_PACK = typer.Option(
+    "auto", "--pack", metavar="K|auto",
+    help="Train up to K trials that share an architecture, batch size and epochs as one "
+    "pack (each still its own trial); auto: from the device and the net's size.")
+_STORAGE_RETRY = typer.Option(
+    30.0, "--storage-retry", metavar="S",
+    help="Seconds a lost database connection is retried before the search stops.")
+_JSON_OUT = typer.Option(False, "--json", help="Print one JSON object at the end.")
+_QUIET = typer.Option(False, "--quiet", "-q", help="Only the final table.")
 
 
 def tune_command(
-    data: str = typer.Argument(..., metavar="DATA",
-                               help="An .h5 file, or a bundled dataset name (digits)."),
-    trials: int = typer.Option(..., "--trials", metavar="N",
-                               help="The study's total of finished trials, counted across "
-                                    "workers and resumes (failed trials do not count)."),
-    rounds: int = typer.Option(1, "--rounds", metavar="K",
-                               help="Coarse to fine: each round shrinks every numeric range "
-                                    "around the previous round's best trials."),
-    epochs: int = typer.Option(10, "--epochs", metavar="N", help="Epochs per trial."),
-    space: str | None = typer.Option(
-        None, "--space", metavar="FILE.toml",
-        help="Search space (default: lr, batch size, width, depth, lr decay; momentum beta "
-             "with --optimizer momentum)."),
-    config: str | None = typer.Option(
-        None, "--config", metavar="FILE.toml",
-        help="Base training configuration (what the baseline trial trains)."),
-    optimizer: str | None = typer.Option(None, "--optimizer",
-                                         help="adam, sgd, momentum or rmsprop."),
-    storage: str | None = typer.Option(
-        None, "--storage", metavar="URL",
-        help="Optuna storage: a journal file (default <out>/study.journal) or a URL such as "
-             "postgresql://... or sqlite:///tune.db."),
-    study: str | None = typer.Option(None, "--study", metavar="NAME",
-                                     help="Study name (default: the data's name)."),
-    out: str | None = typer.Option(None, "--out", metavar="DIR",
-                                   help="Folder for best.toml and trial runs "
-                                        "(default runs/tune-<study>)."),
-    seed: int | None = typer.Option(None, "--seed", metavar="S",
-                                    help="Seeds the search, the split and every trial."),
-    device: str | None = typer.Option(None, "--device", help="auto, cpu, gpu or gpu:N."),
-    val_split: float | None = typer.Option(None, "--val-split", metavar="F",
-                                           help="Held-out validation fraction."),
-    x_key: str | None = typer.Option(None, "--x-key", metavar="K"),
-    y_key: str | None = typer.Option(None, "--y-key", metavar="K"),
-    pruner: str = typer.Option("none", "--pruner", help="median or none."),
-    baseline: bool = typer.Option(True, "--baseline/--no-baseline",
-                                  help="Train the base configuration as the first trial."),
-    top: int = typer.Option(10, "--top", metavar="N", help="Rows of the table of best trials."),
-    plot: str | None = typer.Option(
-        None, "--plot", metavar="FILE.png",
-        help="Plot validation accuracy against the learning rate (needs matplotlib)."),
-    allow_external_data: bool = typer.Option(
-        False, "--allow-external",
-        help="Read HDF5 links, virtual datasets and external raw storage in the data (refused "
-             "by default); each is checked first, and a missing source is an error."),
-    workers: int = typer.Option(
-        1, "--workers", metavar="N",
-        help="Worker processes on this machine, all on one study (with --devices: per GPU)."),
-    devices: str | None = typer.Option(
-        None, "--devices", metavar="0,1|all",
-        help="Pin workers to these GPUs, --workers each (CUDA_VISIBLE_DEVICES)."),
-    heartbeat: float = typer.Option(
-        10.0, "--heartbeat", metavar="S", help="Seconds between a running trial's heartbeats."),
-    stale_after: float = typer.Option(
-        120.0, "--stale-after", metavar="S",
-        help="A running trial without a heartbeat for this long is marked failed."),
-    pack: str = typer.Option(
-        "auto", "--pack", metavar="K|auto",
-        help="Train up to K trials that share an architecture, batch size and epochs as one "
-             "pack (each still its own trial); auto: from the device and the net's size."),
-    storage_retry: float = typer.Option(
-        30.0, "--storage-retry", metavar="S",
-        help="Seconds a lost database connection is retried before the search stops."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the final table."),
+    data: str = _DATA,
+    trials: int = _TRIALS,
+    rounds: int = _ROUNDS,
+    epochs: int = _EPOCHS,
+    space: str | None = _SPACE,
+    config: str | None = _CONFIG,
+    optimizer: str | None = _OPTIMIZER,
+    storage: str | None = _STORAGE,
+    study: str | None = _STUDY,
+    out: str | None = _OUT,
+    seed: int | None = _SEED,
+    device: str | None = _DEVICE,
+    val_split: float | None = _VAL_SPLIT,
+    x_key: str | None = _X_KEY,
+    y_key: str | None = _Y_KEY,
+    pruner: str = _PRUNER,
+    baseline: bool = _BASELINE,
+    top: int = _TOP,
+    plot: str | None = _PLOT,
+    allow_external_data: bool = _ALLOW_EXTERNAL_DATA,
+    workers: int = _WORKERS,
+    devices: str | None = _DEVICES,
+    heartbeat: float = _HEARTBEAT,
+    stale_after: float = _STALE_AFTER,
+    pack: str = _PACK,
+    storage_retry: float = _STORAGE_RETRY,
+    json_out: bool = _JSON_OUT,
+    quiet: bool = _QUIET,
 ) -> None:
     """Random hyperparameter search on the right scales, coarse to fine, in an Optuna study
     that several workers can share; writes the best configuration as TOML."""
@@ -101,7 +131,7 @@ def tune_command(
         base["allow_external_data"] = True
     cfg = TrainConfig.from_dict(base, source=f"config file {config}" if config else "options")
     show = not (json_out or quiet)
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         res = tune(data, trials, rounds=rounds, epochs=epochs, space=space, config=cfg,
                    storage=storage, study=study, out=out, seed=seed, device=device,
                    pruner=pruner, baseline=baseline, plot=plot, workers=workers,
@@ -111,23 +141,6 @@ def tune_command(
         typer.echo(json.dumps(res.summary(top=top)))
         return
     print_table(res, top)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM stops the search as Ctrl-C does (running trials marked failed, exit 130)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def _start_lines(info: dict[str, Any]) -> list[str]:

@@ -18,8 +18,8 @@
   seconds (back-off 0.5 s doubling to 5 s), then ``StorageError`` says so in one line naming
   the host and database. The password never appears in a message (``redact``).
 - **Redis** (``redis://``, ``rediss://``): refused with one line. Optuna's Redis journal
-  backend keeps snapshots of the study that ``JournalStorage`` reads back with
-  ``pickle.loads`` (Optuna 4 and 5), so whoever can write to the Redis server could run code
+  backend keeps snapshots of the study that ``JournalStorage`` reads back through Python's
+  unpickler (Optuna 4 and 5), so whoever can write to the Redis server could run code
   in every worker; gpunet loads no pickle anywhere.
 """
 
