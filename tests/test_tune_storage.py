@@ -232,3 +232,52 @@ def test_plot_and_best_toml_never_replace_a_file_gpunet_did_not_write(tmp_path, 
     one_error(r, f"{mine / 'best.toml'} exists and is not a file gpunet tune wrote")
     assert (mine / "best.toml").read_text() == "lr = 0.1\n"
     assert not (mine / "study.journal").exists()
+
+
+def test_a_lost_connection_deep_in_an_optuna_error_is_retried_with_a_fresh_session():
+    """Optuna wraps a session that a lost connection left needing a rollback in
+    StorageInternalError: the retry sees through the chain, drops the session and retries;
+    Optuna's cache calls private storage methods, which are retried as well."""
+    import optuna
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy import exc
+
+    from gpunet.tune import storage as st
+
+    def wrapped() -> StorageInternalError:
+        try:
+            try:
+                raise exc.PendingRollbackError("Can't reconnect until invalid transaction is "
+                                               "rolled back")
+            except exc.PendingRollbackError as e:
+                raise StorageInternalError("An exception is raised during the commit.") from e
+        except StorageInternalError as e:
+            return e
+
+    assert st._transient(wrapped())
+    assert not st._transient(StorageInternalError("bad data"))
+
+    class Store:
+        removed = 0
+        calls = 0
+
+        def remove_session(self):
+            Store.removed += 1
+
+        def op(self):
+            Store.calls += 1
+            if Store.calls < 3:
+                raise wrapped()
+            return "ok"
+
+    retry = st._Retry("postgresql://u:pw@h/db", retry_for=10)
+    st.MAX_BACKOFF, saved = 0.01, st.MAX_BACKOFF
+    try:
+        assert retry.call("op", Store.op, Store()) == "ok"
+    finally:
+        st.MAX_BACKOFF = saved
+    assert Store.calls == 3 and Store.removed == 2
+    cls = st._retrying_rdb(optuna)
+    for name in ("_get_trials", "_create_new_trial", "get_all_trials"):
+        if hasattr(optuna.storages.RDBStorage, name):
+            assert getattr(cls, name) is not getattr(optuna.storages.RDBStorage, name), name

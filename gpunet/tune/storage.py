@@ -32,7 +32,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -356,18 +356,39 @@ def _repair(p: Path, dmg: JournalDamage) -> None:
 
 
 # ====================================================================== relational databases
+def _chain(e: BaseException) -> Iterator[BaseException]:
+    """``e`` and the exceptions it was raised from or during, innermost last."""
+    seen: set[int] = set()
+    x: BaseException | None = e
+    while x is not None and id(x) not in seen:
+        seen.add(id(x))
+        yield x
+        x = x.__cause__ or x.__context__
+
+
 def _transient(e: BaseException) -> bool:
-    """Whether ``e`` is a lost or refused database connection (worth retrying)."""
+    """Whether ``e`` comes from a lost or refused database connection (worth retrying): one
+    anywhere in its chain, including a session left needing a rollback by a lost connection
+    (Optuna wraps that in ``StorageInternalError``)."""
     try:
         from sqlalchemy import exc
     except ImportError:  # pragma: no cover - optuna depends on SQLAlchemy
         return False
-    for x in (e, e.__cause__, e.__context__):
-        if isinstance(x, (exc.OperationalError, exc.InterfaceError)):
+    for x in _chain(e):
+        if isinstance(x, (exc.OperationalError, exc.InterfaceError, exc.PendingRollbackError)):
             return True
         if isinstance(x, exc.DBAPIError) and x.connection_invalidated:
             return True
     return False
+
+
+def _drop_session(storage: Any) -> None:
+    """Discard the storage's database session after a lost connection, so the retry starts a
+    fresh one instead of reusing a transaction that can only be rolled back."""
+    remove = getattr(storage, "remove_session", None)
+    if remove is not None:
+        with contextlib.suppress(Exception):
+            remove()
 
 
 class _Retry:
@@ -396,6 +417,8 @@ class _Retry:
                                            f"failed: {_reason(e, _password(self.storage))}"
                                            ) from None
                     raise
+                if args:
+                    _drop_session(args[0])
                 now = time.monotonic()
                 with self.lock:
                     self.down_since = self.down_since or now
@@ -427,8 +450,8 @@ _RDB_CLASS: list[Any] = []
 
 
 def _retrying_rdb(optuna: Any) -> Any:
-    """``RDBStorage`` with every public method (and the stale-trial query) run through the
-    instance's ``_Retry``."""
+    """``RDBStorage`` with every public method, and the private ones Optuna's cache calls,
+    run through the instance's ``_Retry``."""
     if _RDB_CLASS:
         return _RDB_CLASS[0]
     base = optuna.storages.RDBStorage
@@ -446,8 +469,10 @@ def _retrying_rdb(optuna: Any) -> Any:
     names = [n for n, v in vars(base).items() if callable(v) and not n.startswith("_")
              and n not in ("get_heartbeat_interval", "get_heartbeat_stale_trial_callback",
                            "get_failed_trial_callback", "remove_session", "upgrade")]
-    cls = type("RetryingRDBStorage", (base,),
-               {n: wrap(n) for n in [*names, "_get_stale_trial_ids"]})
+    # and the private methods Optuna's own caching layer (_CachedStorage) calls instead
+    private = [n for n in ("_get_stale_trial_ids", "_get_trials", "_create_new_trial",
+                           "_get_best_trial_id", "_set_trial_param") if hasattr(base, n)]
+    cls = type("RetryingRDBStorage", (base,), {n: wrap(n) for n in [*names, *private]})
     _RDB_CLASS.append(cls)
     return cls
 
