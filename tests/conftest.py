@@ -160,3 +160,24 @@ def relu_mask(y_got, pre_ref, tol: float = 1e-5):
     near_zero = np.abs(pre_ref) <= tol * np.abs(pre_ref).max()
     assert not ((got != (pre_ref > 0)) & ~near_zero).any(), "ReLU mask differs away from 0"
     return got
+
+
+# ---------------------------------------------------------------------- the CUDA emulation
+# Fixtures of the kernel tests under tests/cuda_emu (test_kernels_emulated.py and
+# test_packed_kernels_emulated.py).
+@pytest.fixture
+def xp():
+    """Arrays whose guard bytes show a kernel writing outside them (checked at teardown)."""
+    import cuda_emu as emu
+
+    g = emu.GuardedXP()
+    yield g
+    g.check()  # no kernel wrote outside its arrays
+
+
+@pytest.fixture(scope="module")
+def launch():
+    """Launches kernels of kernels/*.cu compiled for the emulation."""
+    import cuda_emu as emu
+
+    return emu.launcher()

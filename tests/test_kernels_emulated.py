@@ -38,18 +38,6 @@ NS = (2, 3, 17)
 CS = (1, 3, 33, 1000)
 
 
-@pytest.fixture
-def xp():
-    g = emu.GuardedXP()
-    yield g
-    g.check()  # no kernel wrote outside its arrays
-
-
-@pytest.fixture(scope="module")
-def launch():
-    return emu.launcher()
-
-
 def _f32(rng, shape, loc=0.0, scale=1.0):
     return (rng.standard_normal(shape) * scale + loc).astype(np.float32)
 

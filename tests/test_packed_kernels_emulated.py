@@ -11,28 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import reference64 as R
-from test_kernels_emulated import CFG, CFG_BLOCK_SOFTMAX, EmuBackend, emu
+from test_kernels_emulated import CFG, CFG_BLOCK_SOFTMAX, EmuBackend, _f32, emu
 
 from gpunet.backend import cuda_host as host
 
 pytestmark = pytest.mark.skipif(emu.compiler() is None,
                                 reason="no C++ compiler (g++, c++, clang++) for the CUDA emulation")
-
-
-@pytest.fixture
-def xp():
-    g = emu.GuardedXP()
-    yield g
-    g.check()  # no kernel wrote outside its arrays
-
-
-@pytest.fixture(scope="module")
-def launch():
-    return emu.launcher()
-
-
-def _f32(rng, shape, loc=0.0, scale=1.0):
-    return (rng.standard_normal(shape) * scale + loc).astype(np.float32)
 
 
 # ------------------------------------------------------------------ batch norm
