@@ -107,3 +107,57 @@ def test_backend_picks_mkl_only_on_intel(monkeypatch, vendor, blas):
     be = NumpyBackend(threads=2)
     assert be.blas == blas
     assert be.blas1 is None or be.blas1.source == ("mkl" if blas == "mkl" else "openblas")
+
+
+@needs_mkl
+@pytest.mark.parametrize("k", [1, 3, 16])
+@pytest.mark.parametrize("shared", [False, True])
+def test_mkl_batched_members_of_wide_activations(rng, k, shared):
+    """``cblas_sgemm_batch`` over the strided member views a pack hands it (forward, dW with
+    a transposed input, dx with transposed weights, a shared input) against float64, and
+    only the given members written."""
+    from gpunet.packed.model import member_view
+
+    n, i, o = 9, 13, 6
+    h = rng.standard_normal((n, i if shared else k * i)).astype(np.float32)
+    w = rng.standard_normal((k, i * o + 3)).astype(np.float32)[:, :i * o].reshape(k, i, o)
+    a = h if shared else member_view(h, k, i)
+    z = np.full((n, k * o), np.nan, np.float32)
+    assert gemm.accepts_batched(a, w, member_view(z, k, o))
+    gemm.batched(a, w, member_view(z, k, o))
+    want = np.matmul(np.float64(a), np.float64(w))
+    assert np.abs(member_view(z, k, o) - want).max() <= 1e-5 * np.abs(want).max()
+    dz = rng.standard_normal((n, k * o)).astype(np.float32)
+    at = a.T if shared else a.transpose(0, 2, 1)
+    gw = np.full((k, i, o), np.nan, np.float32)
+    gemm.batched(at, member_view(dz, k, o), gw)
+    want = np.matmul(np.float64(at), np.float64(member_view(dz, k, o)))
+    assert np.abs(gw - want).max() <= 1e-5 * np.abs(want).max()
+    dx = np.full((n, k * i), np.nan, np.float32)
+    part = max(k - 1, 1)  # all but the last member (of more than one)
+    gemm.batched(member_view(dz, k, o), w.transpose(0, 2, 1), member_view(dx, k, i),
+                 range(part))
+    want = np.matmul(np.float64(member_view(dz, k, o)), np.float64(w.transpose(0, 2, 1)))
+    got = member_view(dx, k, i)
+    assert np.abs(got[:part] - want[:part]).max() <= 1e-5 * np.abs(want).max()
+    assert np.isnan(got[part:]).all()
+
+
+@needs_mkl
+def test_backend_batched_products_on_mkl_equal_numpys(rng, monkeypatch):
+    """The backend's ``matmul_batched`` on MKL (one call, and members shared out among
+    threads) and on NumPy's BLAS give the same products within float32 rounding."""
+    k, n, i, o = 16, 64, 256, 128
+    a = rng.standard_normal((k, n, i)).astype(np.float32)
+    b = rng.standard_normal((k, i, o)).astype(np.float32)
+    want = np.matmul(np.float64(a), np.float64(b))
+    for threads in (1, 2):
+        nb = NumpyBackend(threads=threads)
+        assert nb.mkl is not None
+        got = nb.matmul_batched(a, b, np.empty((k, n, o), np.float32))
+        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    monkeypatch.setenv("GPUNET_BLAS", "openblas")
+    nb = NumpyBackend(threads=2)
+    assert nb.mkl is None
+    got = nb.matmul_batched(a, b, np.empty((k, n, o), np.float32))
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()

@@ -31,9 +31,13 @@ def rel(a, b):
     return R.relerr(a, b)
 
 
-@pytest.fixture(params=THREADS, ids=lambda t: f"threads{t}")
+@pytest.fixture(params=[(t, nat) for nat in (True, False) for t in THREADS],
+                ids=lambda p: f"threads{p[0]}-{'native' if p[1] else 'numpy'}")
 def nb(request):
-    return NumpyBackend(threads=request.param)
+    """The backend with each thread count, on the native kernels (``cpu/native.c``) and on
+    the NumPy paths (``cpu/batchnorm.py``, ``cpu/optim.py``)."""
+    threads, native = request.param
+    return NumpyBackend(threads=threads, native=native)
 
 
 OVERRIDES = ["matmul", "matmuls", "batchnorm_forward_train", "batchnorm_forward_infer",

@@ -15,15 +15,21 @@ import reference64 as R
 from conftest import BACKENDS
 
 import gpunet as gn
-from gpunet.backend import Backend
+from gpunet.backend import Backend, NumpyBackend
 
 KS = [1, 2, 5]
 
 
-@pytest.fixture(params=[pytest.param("reference", id="reference"), *BACKENDS])
+@pytest.fixture(params=[pytest.param("reference", id="reference"),
+                        pytest.param("cpu-numpy", id="cpu-numpy"), *BACKENDS])
 def be(request):
-    """The reference Backend, then each available backend."""
-    return Backend() if request.param == "reference" else gn.get_backend(request.param)
+    """The reference Backend, the CPU backend on its NumPy paths alone (``native=False``),
+    then each available backend (the CPU one on its native kernels where they build)."""
+    if request.param == "reference":
+        return Backend()
+    if request.param == "cpu-numpy":
+        return NumpyBackend(native=False)
+    return gn.get_backend(request.param)
 
 
 def exact(be) -> bool:

@@ -10,7 +10,10 @@ Each override keeps the reference's signature and computes what the reference co
   (``cpu/batchnorm.py``);
 - the optimizer updates: cache-sized chunks over the threads, on the level-1 BLAS
   (``saxpy`` / ``saxpby``) for contiguous float32 flat arrays (``cpu/optim.py``,
-  ``cpu/blas1.py``).
+  ``cpu/blas1.py``);
+- batch norm and the optimizer updates, first of all, on gpunet's native CPU kernels
+  (``cpu/native.c``, compiled on first use; ``cpu/native_ops.py``) when a C compiler is
+  there (``GPUNET_NATIVE=off``: never); the paths above serve when they are not.
 
 Softmax, softmax cross-entropy, the activations and dropout are the reference's.
 """
@@ -24,12 +27,13 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..text import short_repr
-from .base import Array, Backend
+from .base import Array, Backend, BatchTooSmallError
 from .cpu import batchnorm as bn
-from .cpu import optim
+from .cpu import native_ops, optim
 from .cpu.blas1 import Blas1, load_blas1
 from .cpu.gemm import SplitGemm, openblas_controllers
 from .cpu.mkl import load_mkl
+from .cpu.native import NativeKernels, load_native
 from .cpu.pool import WorkPool, bound_native_threads
 
 #: the most threads ``GPUNET_THREADS`` may ask for
@@ -66,6 +70,8 @@ class NumpyBackend(Backend):
     runs one thread per call). ``threads=1`` given here leaves all parallelism to the BLAS;
     ``GPUNET_THREADS=N`` instead bounds everything at N threads: the pool, and every BLAS and
     OpenMP library loaded in the process (``cpu/pool.py``'s ``bound_native_threads``).
+    ``native=False`` keeps batch norm and the optimizers off the native kernels (default:
+    on them when they build, ``cpu/native.py``).
     """
 
     name = "cpu"
@@ -74,7 +80,7 @@ class NumpyBackend(Backend):
     #: one pass over memory fewer in the backward
     bn_centre_in_place = True
 
-    def __init__(self, threads: int | None = None) -> None:
+    def __init__(self, threads: int | None = None, native: bool | None = None) -> None:
         env = env_threads()
         self.pool = WorkPool(threads or env or os.cpu_count() or 1)
         #: MKL's sequential sgemm when ``gpunet[mkl]`` is installed (else None: NumPy's BLAS)
@@ -86,6 +92,16 @@ class NumpyBackend(Backend):
         #: saxpy / saxpby for the optimizers (MKL's, else NumPy's OpenBLAS; None: ufuncs)
         self.blas1: Blas1 | None = load_blas1(self.mkl.lib if self.mkl is not None else None,
                                               openblas)
+        #: False: not looked for yet (``native=False``: never, the NumPy paths only)
+        self._native: NativeKernels | None | bool = False if native is not False else None
+
+    @property
+    def native(self) -> NativeKernels | None:
+        """gpunet's native CPU kernels (``cpu/native.py``: compiled on first use), or None
+        when there is no C compiler or ``GPUNET_NATIVE=off``."""
+        if self._native is False:
+            self._native = load_native()
+        return self._native  # type: ignore[return-value]
 
     @property
     def threads(self) -> int:
@@ -113,12 +129,20 @@ class NumpyBackend(Backend):
     MIN_SPLIT_BATCHED_FLOPS = 1 << 25
 
     def matmul_batched(self, a: Array, b: Array, out: Array) -> Array:
-        """``out[k] = a[k] @ b[k]``: one ``np.matmul`` over all members with the BLAS at one
-        thread, the members shared out among the threads when the products are large."""
+        """``out[k] = a[k] @ b[k]``: one call over all members (MKL's ``cblas_sgemm_batch``
+        where it serves, else ``np.matmul``) with the BLAS at one thread, the members shared
+        out among the threads when the products are large."""
         k, m, q = out.shape
+        mkl = self.mkl if self.mkl is not None and self.mkl.accepts_batched(a, b, out) else None
         with self.gemm.one_thread():
             if self.threads == 1 or 2 * k * m * q * b.shape[1] < self.MIN_SPLIT_BATCHED_FLOPS:
-                np.matmul(a, b, out=out)
+                if mkl is not None:
+                    mkl.batched(a, b, out)
+                else:
+                    np.matmul(a, b, out=out)
+            elif mkl is not None:
+                self.pool.map(lambda s: mkl.batched(a, b, out, range(s.start, s.stop)),
+                              self.pool.parts(k, min_size=1))
             else:
                 self.pool.map(lambda s: np.matmul(a if a.ndim == 2 else a[s], b[s], out=out[s]),
                               self.pool.parts(k, min_size=1))
@@ -130,8 +154,25 @@ class NumpyBackend(Backend):
         momentum: float | Array, eps: float, relu: bool = False, out: Array | None = None,
     ) -> tuple[Array, Array, Array]:
         out = self._out(out, x.shape, x.dtype)
+        done = self._native_bn_forward(x, gamma, beta, running_mean, running_var, momentum,
+                                       eps, relu, out)
+        if done is not None:
+            return done
         return bn.batchnorm_forward_train(self.pool, x, gamma, beta, running_mean, running_var,
                                           momentum, eps, relu, out)
+
+    def _native_bn_forward(self, x: Array, *args: Any, centre: Array | None = None,
+                           relu_mask: Array | None = None) -> tuple[Array, Array, Array] | None:
+        """The training forward on the native kernel, or None (not there, or the arrays
+        do not fit it)."""
+        if self.native is None:
+            return None
+        if x.shape[0] < 2:
+            raise BatchTooSmallError(
+                f"batch norm needs at least 2 samples per training batch, got {x.shape[0]}")
+        with self.gemm.one_thread():
+            return native_ops.bn_forward_train(self.native, self.pool, x, *args,
+                                               centre=centre, relu_mask=relu_mask)
 
     def batchnorm_forward_infer(
         self, x: Array, gamma: Array, beta: Array, running_mean: Array, running_var: Array,
@@ -146,8 +187,20 @@ class NumpyBackend(Backend):
         dbeta: Array, y: Array | None = None, out: Array | None = None,
     ) -> Array:
         out = self._out(out, x.shape, x.dtype)
+        if self._native_bn_backward(dy, x, gamma, mean, invstd, dgamma, dbeta, y, out):
+            return out
         return bn.batchnorm_backward(self.pool, dy, x, gamma, mean, invstd, dgamma, dbeta, y,
                                      out)
+
+    def _native_bn_backward(self, dy: Array, x: Array, gamma: Array, mean: Array,
+                            invstd: Array, dgamma: Array, dbeta: Array, y: Array | None,
+                            out: Array, relu_mask: Array | None = None) -> bool:
+        """The backward on the native kernel; False when it cannot serve."""
+        if self.native is None:
+            return False
+        with self.gemm.one_thread():
+            return native_ops.bn_backward(self.native, self.pool, dy, x, gamma, mean, invstd,
+                                          dgamma, dbeta, y, out, relu_mask) is not None
 
     def batchnorm_forward_train_inplace(
         self, x: Array, gamma: Array, beta: Array, running_mean: Array, running_var: Array,
@@ -155,6 +208,10 @@ class NumpyBackend(Backend):
         relu_mask: Array | None = None,
     ) -> tuple[Array, Array, Array]:
         out = self._out(out, x.shape, x.dtype)
+        done = self._native_bn_forward(x, gamma, beta, running_mean, running_var, momentum,
+                                       eps, relu, out, centre=x, relu_mask=relu_mask)
+        if done is not None:
+            return done
         return bn.batchnorm_forward_train(self.pool, x, gamma, beta, running_mean, running_var,
                                           momentum, eps, relu, out, centre=x,
                                           relu_mask=relu_mask)
@@ -164,6 +221,9 @@ class NumpyBackend(Backend):
         dbeta: Array, y: Array | None = None, relu_mask: Array | None = None,
         overwrite_dy: bool = False,
     ) -> Array:
+        if self._native_bn_backward(dy, x, gamma, mean, invstd, dgamma, dbeta, y, x,
+                                    relu_mask):
+            return x
         return bn.batchnorm_backward(self.pool, dy, x, gamma, mean, invstd, dgamma, dbeta, y,
                                      x, centred=True, overwrite_dy=overwrite_dy,
                                      relu_mask=relu_mask)
@@ -177,9 +237,26 @@ class NumpyBackend(Backend):
                  and a.shape == n and a.flags.c_contiguous for a in arrays)
         return self.blas1 if ok else None
 
+    def _native_update(self, kind: str, w: Array, g: Array, states: tuple[Array, ...],
+                       scalars: dict[str, float], decay: float,
+                       decay_mask: Array | None) -> bool:
+        """A single optimizer op as one row of the native kernel; False when it cannot
+        serve (no kernels, arrays that are not contiguous float32 vectors)."""
+        flat = (w, g, *states)
+        if self.native is None or not all(isinstance(a, np.ndarray) and a.ndim == 1
+                                          for a in flat):
+            return False
+        rows = tuple(a.reshape(1, -1) for a in flat)
+        with self.gemm.one_thread():
+            return native_ops.optimizer_rows(
+                self.native, self.pool, kind, rows[0], rows[1], rows[2:],
+                {n: [float(v)] for n, v in scalars.items()}, [float(decay)], decay_mask, None)
+
     def sgd_update(
         self, w: Array, g: Array, lr: float, decay: float = 0.0, decay_mask: Array | None = None
     ) -> None:
+        if self._native_update("sgd", w, g, (), {"lr": lr}, decay, decay_mask):
+            return
         with self.gemm.one_thread():  # the chunks are already spread over the threads
             optim.sgd_update(self.pool, self._blas1_for(w, g), w, g, lr, decay, decay_mask)
 
@@ -187,6 +264,9 @@ class NumpyBackend(Backend):
         self, w: Array, g: Array, v: Array, lr: float, beta: float, decay: float = 0.0,
         decay_mask: Array | None = None,
     ) -> None:
+        if self._native_update("momentum", w, g, (v,), {"lr": lr, "beta": beta}, decay,
+                               decay_mask):
+            return
         with self.gemm.one_thread():
             optim.momentum_update(self.pool, self._blas1_for(w, g, v), w, g, v, lr, beta,
                                   decay, decay_mask)
@@ -195,6 +275,9 @@ class NumpyBackend(Backend):
         self, w: Array, g: Array, s: Array, lr: float, beta2: float, eps: float,
         decay: float = 0.0, decay_mask: Array | None = None,
     ) -> None:
+        if self._native_update("rmsprop", w, g, (s,), {"lr": lr, "beta2": beta2, "eps": eps},
+                               decay, decay_mask):
+            return
         with self.gemm.one_thread():
             optim.rmsprop_update(self.pool, self._blas1_for(w, g, s), w, g, s, lr, beta2, eps,
                                  decay, decay_mask)
@@ -203,6 +286,9 @@ class NumpyBackend(Backend):
         self, w: Array, g: Array, m: Array, v: Array, lr: float, beta1: float, beta2: float,
         eps: float, step: int, decay: float = 0.0, decay_mask: Array | None = None,
     ) -> None:
+        if self._native_update("adam", w, g, (m, v), {"lr": lr, "beta1": beta1, "beta2": beta2,
+                               "eps": eps, "t": step}, decay, decay_mask):
+            return
         with self.gemm.one_thread():
             optim.adam_update(self.pool, self._blas1_for(w, g, m, v), w, g, m, v, lr, beta1,
                               beta2, eps, step, decay, decay_mask)
@@ -225,6 +311,12 @@ class NumpyBackend(Backend):
         update, names = PACKED_UPDATES[opt]
         host = [np.asarray(scalars[n]).tolist() for n in names]
         dec = np.asarray(decay).tolist()
+        if self.native is not None:
+            with self.gemm.one_thread():
+                if native_ops.optimizer_rows(self.native, self.pool, opt, w, g, states,
+                                             dict(zip(names, host, strict=True)), dec,
+                                             decay_mask, active):
+                    return True
         on = np.ones(w.shape[0], dtype=bool) if active is None else np.asarray(active)
         pool = self.pool if w.shape[1] >= 2 * optim.CHUNK else self._row_pool
         blas = self._blas1_for(w[0], g[0], *(a[0] for a in states))

@@ -77,6 +77,11 @@ class MklGemm:
         #: the loaded library (its level-1 routines serve the optimizers: ``blas1.py``)
         self.lib = lib
         self._sgemm = lib.cblas_sgemm
+        self._batch = getattr(lib, "cblas_sgemm_batch", None)
+        if self._batch is not None:
+            pi, pf, pv = (ctypes.POINTER(t) for t in (i, f, vp))
+            self._batch.argtypes = [i, pi, pi, pi, pi, pi, pf, pv, pi, pv, pi, pf, pv, pi, i, pi]
+            self._batch.restype = None
 
     def accepts(self, a: Any, b: Any, out: Any) -> bool:
         if not all(isinstance(x, np.ndarray) and x.ndim == 2 and x.dtype == np.float32
@@ -99,6 +104,41 @@ class MklGemm:
         ldc = out.strides[0] // _F4
         self._sgemm(ROW_MAJOR, op_a, op_b, m, n, k, 1.0, a.ctypes.data, lda, b.ctypes.data,
                     ldb, 0.0, out.ctypes.data, ldc)
+        return out
+
+
+    def accepts_batched(self, a: Any, b: Any, out: Any) -> bool:
+        """Whether ``batched`` takes these: (K, m, p) or shared (m, p) ``a``, (K, p, q)
+        ``b``, (K, m, q) ``out``, each matrix one ``accepts`` takes (any member strides)."""
+        if self._batch is None or not all(isinstance(x, np.ndarray) for x in (a, b, out)):
+            return False
+        if b.ndim != 3 or out.ndim != 3 or a.ndim not in (2, 3):
+            return False
+        k = b.shape[0]
+        if out.shape[0] != k or (a.ndim == 3 and a.shape[0] != k) or k < 1:
+            return False
+        return self.accepts(a if a.ndim == 2 else a[0], b[0], out[0])
+
+    def batched(self, a: np.ndarray, b: np.ndarray, out: np.ndarray,
+                members: range | None = None) -> np.ndarray:
+        """``out[k] = a[k] @ b[k]`` (``a`` shared when 2-D) for ``k`` in ``members`` (default:
+        all) in one ``cblas_sgemm_batch`` call (one group)."""
+        a0 = a if a.ndim == 2 else a[0]
+        m, p = a0.shape
+        q = b.shape[2]
+        op_a, lda = _operand(a0)  # type: ignore[misc]
+        op_b, ldb = _operand(b[0])  # type: ignore[misc]
+        ks = range(b.shape[0]) if members is None else members
+        n = len(ks)
+        sa = 0 if a.ndim == 2 else a.strides[0]
+        vp, i = ctypes.c_void_p, ctypes.c_int
+        pa = (vp * n)(*[a.ctypes.data + k * sa for k in ks])
+        pb = (vp * n)(*[b.ctypes.data + k * b.strides[0] for k in ks])
+        pc = (vp * n)(*[out.ctypes.data + k * out.strides[0] for k in ks])
+        one = ctypes.c_float(1.0)
+        zero = ctypes.c_float(0.0)
+        self._batch(ROW_MAJOR, i(op_a), i(op_b), i(m), i(q), i(p), one, pa, i(lda), pb, i(ldb),
+                    zero, pc, i(out.strides[1] // _F4), 1, i(n))
         return out
 
 
