@@ -21,7 +21,7 @@ import reference64 as R
 
 from gpunet.backend import NumpyBackend
 from gpunet.backend.base import Backend
-from gpunet.backend.cpu import native
+from gpunet.backend.cpu import native, native_ops
 
 
 def _compiler_here() -> bool:
@@ -84,7 +84,7 @@ def test_concurrent_first_builds_all_load(cache):
     """Processes starting together on an empty cache each compile to a temporary name and
     rename it into place: every one of them loads a whole library."""
     code = textwrap.dedent("""
-        from gpunet.backend.cpu import native
+        from gpunet.backend.cpu import native, native_ops
         k = native.load_native()
         print("loaded" if k is not None else "none")
     """)
@@ -107,11 +107,13 @@ def _bn_args(rng, n, c, scale=1.0, offset=0.0):
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("n,c", [(2, 1), (7, 257), (64, 1000), (33, 4099)])
+@pytest.mark.parametrize("n,c", [(2, 1), (7, 257), (64, 1000), (33, 4099), (260, 4100)])
 @pytest.mark.parametrize("relu", [False, True])
 def test_batchnorm_kernels_on_column_blocks_of_a_wider_array(rng, threads, n, c, relu):
+    assert native_ops.MIN_SPLIT_BN <= 260 * 4100  # the split is exercised
     """Member columns inside a wider (n, ld) array (row stride != width), several 256-column
-    blocks, split among threads: forward and backward against float64."""
+    blocks, split among threads (the last shape is above ``MIN_SPLIT_BN``): forward and
+    backward against float64."""
     nb = NumpyBackend(threads=threads)
     assert (nb.native is not None) == _compiler_here()
     wide, gamma, beta = _bn_args(rng, n, c + 13, offset=3.0)

@@ -60,13 +60,20 @@ def blocks(a: np.ndarray, b: np.ndarray, out: np.ndarray, k: int) -> list[Produc
             if cuts[i + 1] > cuts[i]]
 
 
+def _flops(a: np.ndarray, b: np.ndarray, out: Any) -> int:
+    return 2 * a.shape[0] * a.shape[1] * b.shape[1]
+
+
 class SplitGemm:
     """``matmul`` / ``matmuls`` over ``pool``'s threads, each block one BLAS call (MKL's
     sgemm when ``mkl`` is given and takes the arrays, else ``np.matmul``); ``openblas``:
     the threadpoolctl controllers held at one thread while products run (empty: none)."""
 
-    #: products smaller than this many flops run as one BLAS call
-    MIN_SPLIT_FLOPS = 1 << 22
+    #: products smaller than this many flops run as one BLAS call: waking a worker thread
+    #: costs ~60 us on the 2-core VM (``WorkPool.map`` of two empty jobs), a 16-MFLOP
+    #: product ~100 us; below that, splitting made small nets' steps slower (the digits
+    #: recipe's ``fit``: 0.30 s at 2^22, 0.21-0.24 s at 2^24, benchmarks/packed.py's single row)
+    MIN_SPLIT_FLOPS = 1 << 24
 
     def __init__(self, pool: WorkPool, mkl: MklGemm | None, openblas: list[Any]) -> None:
         self.pool, self.mkl, self.openblas = pool, mkl, openblas
@@ -93,7 +100,7 @@ class SplitGemm:
                 out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
             if not splittable(a, b, out):
                 return np.matmul(a, b, out=out)
-            if 2 * a.shape[0] * a.shape[1] * b.shape[1] < self.MIN_SPLIT_FLOPS:
+            if _flops(a, b, out) < self.MIN_SPLIT_FLOPS:
                 self.gemm(a, b, out)
             else:
                 self.pool.map(lambda blk: self.gemm(*blk), blocks(a, b, out, threads))
@@ -110,6 +117,8 @@ class SplitGemm:
         k, count = self.pool.threads, len(products)
         if k < count or not all(splittable(*p) for p in products):
             return False
+        if all(_flops(*p) < self.MIN_SPLIT_FLOPS for p in products):
+            return False  # a hand-off to a worker costs more than these products
         shares = [k // count + (i < k % count) for i in range(count)]
         with self.one_thread():
             blks = [blk for p, t in zip(products, shares, strict=True)

@@ -23,7 +23,10 @@ class Workers:
     """``n`` daemon threads that take jobs from one queue.
 
     A hand-off through ``queue.SimpleQueue`` costs ~10 us where a ``ThreadPoolExecutor``'s
-    submit / result costs ~30 us (measured), and a training step hands off ~20 times."""
+    submit / result costs ~30 us (measured), and a training step hands off ~20 times. On a
+    virtual machine waking the worker can cost much more (~60 us on this project's 2-core
+    VM, 2026-12), which is why the ops split only work far larger than that (``gemm.py``'s
+    ``MIN_SPLIT_FLOPS``, ``native_ops.py``'s ``MIN_SPLIT_*``)."""
 
     def __init__(self, n: int) -> None:
         self.pid = os.getpid()  # threads do not survive a fork: a child makes its own
