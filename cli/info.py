@@ -61,8 +61,10 @@ def collect_info() -> dict[str, Any]:
         "typer": _version("typer"),
         "cupy": cupy_version,
         "cpu_blas": _cpu_blas(),
+        "cpu_kernels": _cpu_kernels(),
         "kernel_cache_dir": kernel_cache_dir(),
-        **{k: os.environ.get(k) for k in ("GPUNET_DEVICE", "GPUNET_BLAS", "GPUNET_THREADS")},
+        **{k: os.environ.get(k) for k in ("GPUNET_DEVICE", "GPUNET_BLAS", "GPUNET_THREADS",
+                                          "GPUNET_NATIVE")},
     }
 
 
@@ -77,6 +79,22 @@ def _cpu_blas() -> str:
         return f"unavailable ({e})"
     name = "MKL" if blas == "mkl" else "NumPy's OpenBLAS"
     return f"{name} (CPU vendor: {cpu_vendor() or 'unknown'})"
+
+
+def _cpu_kernels() -> str:
+    """Whether batch norm and the optimizers run on gpunet's native C kernels (and where the
+    compiled library is), or on the NumPy paths (and why)."""
+    from gpunet.backend.cpu import native
+
+    if not native.enabled():
+        return "NumPy paths (GPUNET_NATIVE=off)"
+    try:
+        kernels = native.load_native()
+    except Exception as e:  # noqa: BLE001 - info must not crash
+        return f"NumPy paths ({e})"
+    if kernels is None:
+        return "NumPy paths (the native kernels did not build: no C compiler?)"
+    return f"native ({kernels.path})"
 
 
 def _device_name(be: Any) -> str:

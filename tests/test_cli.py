@@ -17,6 +17,7 @@ from gpunet.cli import app
 from typer.testing import CliRunner
 
 from gpunet import checkpoint as ck
+from gpunet.backend.cpu import native
 
 runner = CliRunner()
 FAST = ["--device", "cpu", "--hidden", "16", "--epochs", "2", "--batch-size", "32"]
@@ -190,8 +191,15 @@ def test_info_never_crashes(monkeypatch, tmp_path):
     assert info["backend"] in ("cpu", "gpu") and info["kernel_cache_dir"] == str(tmp_path / "kc")
     assert {"gpunet", "numpy", "h5py", "typer", "cupy", "device"} <= set(info)
     assert info["cpu_blas"].startswith(("MKL (CPU vendor: ", "NumPy's OpenBLAS (CPU vendor: "))
+    kernels = native.load_native()
+    want = f"native ({kernels.path})" if kernels is not None else "NumPy paths (the native"
+    assert info["cpu_kernels"].startswith(want)
     r = invoke("info")
     assert r.exit_code == 0 and "kernel_cache_dir" in r.stdout
+    monkeypatch.setenv("GPUNET_NATIVE", "off")
+    info = json.loads(invoke("info", "--json").stdout)
+    assert info["cpu_kernels"] == "NumPy paths (GPUNET_NATIVE=off)"
+    assert info["GPUNET_NATIVE"] == "off"
 
 
 def test_data_group_is_mounted():
