@@ -170,9 +170,9 @@ class NumpyBackend(Backend):
         if x.shape[0] < 2:
             raise BatchTooSmallError(
                 f"batch norm needs at least 2 samples per training batch, got {x.shape[0]}")
-        with self.gemm.one_thread():
-            return native_ops.bn_forward_train(self.native, self.pool, x, *args,
-                                               centre=centre, relu_mask=relu_mask)
+        # no BLAS runs inside: the BLAS need not be held at one thread (``gemm.one_thread``)
+        return native_ops.bn_forward_train(self.native, self.pool, x, *args, centre=centre,
+                                           relu_mask=relu_mask)
 
     def batchnorm_forward_infer(
         self, x: Array, gamma: Array, beta: Array, running_mean: Array, running_var: Array,
@@ -198,9 +198,8 @@ class NumpyBackend(Backend):
         """The backward on the native kernel; False when it cannot serve."""
         if self.native is None:
             return False
-        with self.gemm.one_thread():
-            return native_ops.bn_backward(self.native, self.pool, dy, x, gamma, mean, invstd,
-                                          dgamma, dbeta, y, out, relu_mask) is not None
+        return native_ops.bn_backward(self.native, self.pool, dy, x, gamma, mean, invstd,
+                                      dgamma, dbeta, y, out, relu_mask) is not None
 
     def batchnorm_forward_train_inplace(
         self, x: Array, gamma: Array, beta: Array, running_mean: Array, running_var: Array,
@@ -247,10 +246,9 @@ class NumpyBackend(Backend):
                                           for a in flat):
             return False
         rows = tuple(a.reshape(1, -1) for a in flat)
-        with self.gemm.one_thread():
-            return native_ops.optimizer_rows(
-                self.native, self.pool, kind, rows[0], rows[1], rows[2:],
-                {n: [float(v)] for n, v in scalars.items()}, [float(decay)], decay_mask, None)
+        return native_ops.optimizer_rows(
+            self.native, self.pool, kind, rows[0], rows[1], rows[2:],
+            {n: [float(v)] for n, v in scalars.items()}, [float(decay)], decay_mask, None)
 
     def sgd_update(
         self, w: Array, g: Array, lr: float, decay: float = 0.0, decay_mask: Array | None = None
@@ -311,12 +309,10 @@ class NumpyBackend(Backend):
         update, names = PACKED_UPDATES[opt]
         host = [np.asarray(scalars[n]).tolist() for n in names]
         dec = np.asarray(decay).tolist()
-        if self.native is not None:
-            with self.gemm.one_thread():
-                if native_ops.optimizer_rows(self.native, self.pool, opt, w, g, states,
-                                             dict(zip(names, host, strict=True)), dec,
-                                             decay_mask, active):
-                    return True
+        if self.native is not None and native_ops.optimizer_rows(
+                self.native, self.pool, opt, w, g, states, dict(zip(names, host, strict=True)),
+                dec, decay_mask, active):
+            return True
         on = np.ones(w.shape[0], dtype=bool) if active is None else np.asarray(active)
         pool = self.pool if w.shape[1] >= 2 * optim.CHUNK else self._row_pool
         blas = self._blas1_for(w[0], g[0], *(a[0] for a in states))
