@@ -76,3 +76,54 @@ class StepGraph:
                     graph = self.stream.end_capture()
         self.graph = graph
         self._keep += list(keep())  # and those recording made
+
+
+class GraphedStep:
+    """What ``TrainStep`` and ``PackedTrainStep`` share around ``StepGraph``: a full-batch step
+    (inputs copied into the step's own buffers ``x`` / ``y``, then the body eagerly or through
+    the graph) and an any-size step outside the graph. A subclass provides ``backend``, ``x``,
+    ``y``, ``cuda_graph``, ``_graph``, ``steps``, ``_body(x, y)``, ``_run_graph()`` and
+    ``_output()`` (what a step returns)."""
+
+    backend: Any
+    x: Any
+    y: Any
+    cuda_graph: bool
+    steps: int
+    _graph: StepGraph
+
+    @property
+    def graph(self) -> Any:
+        """The recorded CUDA graph (None before the second graph-path step)."""
+        return self._graph.graph
+
+    def _body(self, x: Any, y: Any) -> None:
+        raise NotImplementedError
+
+    def _run_graph(self) -> None:
+        raise NotImplementedError
+
+    def _output(self) -> Any:
+        raise NotImplementedError
+
+    def _step_full(self, x: Any, y: Any) -> Any:
+        xp = self.backend.xp
+        if x is not None and x is not self.x:
+            xp.copyto(self.x, x)
+        if y is not None and y is not self.y:
+            xp.copyto(self.y, y)
+        if not self.cuda_graph:
+            self._body(self.x, self.y)
+        else:
+            self._run_graph()
+        return self._done()
+
+    def _step_any(self, x: Any, y: Any) -> Any:
+        self._graph.on_stream(lambda: self._body(x, y))
+        return self._done()
+
+    def _done(self) -> Any:
+        self.steps += 1
+        out = self._output()
+        assert out is not None
+        return out

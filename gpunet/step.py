@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 
 from .backend import Array
-from .graph import StepGraph
+from .graph import GraphedStep, StepGraph
 from .layers import Dropout
 from .model import MLP
 from .optim import DeviceScalars, Optimizer
 
 
-class TrainStep:
+class TrainStep(GraphedStep):
     """forward -> softmax cross-entropy -> backward -> optimizer update, on fixed buffers."""
 
     def __init__(
@@ -107,31 +107,15 @@ class TrainStep:
         """One step on a full batch: ``x``, ``y`` (device arrays of the batch size) are copied
         into the step's buffers first unless they are those buffers. Returns the batch's loss
         (a 0-d device array, valid until the next step)."""
-        be = self.backend
-        if x is not None and x is not self.x:
-            be.xp.copyto(self.x, x)
-        if y is not None and y is not self.y:
-            be.xp.copyto(self.y, y)
-        if not self.cuda_graph:
-            self._body(self.x, self.y)
-        else:
-            self._run_graph()
-        self.steps += 1
-        assert self.loss is not None
-        return self.loss
+        return self._step_full(x, y)
 
     def run_eager(self, x: Array, y: Array) -> Array:
         """One step on a batch of any size, outside the graph (an epoch's last partial batch)."""
-        self._graph.on_stream(lambda: self._body(x, y))
-        self.steps += 1
-        assert self.loss is not None
-        return self.loss
+        return self._step_any(x, y)
 
     # ------------------------------------------------------------------ CUDA graph
-    @property
-    def graph(self) -> Any:
-        """The recorded CUDA graph (None before the second graph-path step)."""
-        return self._graph.graph
+    def _output(self) -> Array | None:
+        return self.loss
 
     def _run_graph(self) -> None:
         t = self.opt.t

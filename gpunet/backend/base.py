@@ -27,6 +27,13 @@ class BatchTooSmallError(GpunetError, ValueError):
     """A batch-norm training batch with fewer than two samples (its variance is undefined)."""
 
 
+def check_training_batch(n: int) -> None:
+    """Raise ``BatchTooSmallError`` unless a batch-norm training batch has ``n >= 2`` rows."""
+    if n < 2:
+        raise BatchTooSmallError(
+            f"batch norm needs at least 2 samples per training batch, got {n}")
+
+
 class Backend:
     """Reference implementation of every op. Subclasses set ``xp`` and may override ops."""
 
@@ -179,9 +186,7 @@ class Backend:
         over its member's columns).
         """
         xp, n = self.xp, x.shape[0]
-        if n < 2:
-            raise BatchTooSmallError(
-                f"batch norm needs at least 2 samples per training batch, got {n}")
+        check_training_batch(n)
         mean = x.mean(axis=0, dtype=np.float64)
         var = ((x - mean) ** 2).mean(axis=0)
         invstd = 1.0 / xp.sqrt(var + eps)

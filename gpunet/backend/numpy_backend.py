@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..text import short_repr
-from .base import Array, Backend, BatchTooSmallError
+from .base import Array, Backend, check_training_batch
 from .cpu import batchnorm as bn
 from .cpu import native_ops, optim
 from .cpu.blas1 import Blas1, load_blas1
@@ -167,9 +167,7 @@ class NumpyBackend(Backend):
         do not fit it)."""
         if self.native is None:
             return None
-        if x.shape[0] < 2:
-            raise BatchTooSmallError(
-                f"batch norm needs at least 2 samples per training batch, got {x.shape[0]}")
+        check_training_batch(x.shape[0])
         # no BLAS runs inside: the BLAS need not be held at one thread (``gemm.one_thread``)
         return native_ops.bn_forward_train(self.native, self.pool, x, *args, centre=centre,
                                            relu_mask=relu_mask)

@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 
 from ..backend import Array
-from ..graph import StepGraph
+from ..graph import GraphedStep, StepGraph
 from .model import PackedMLP
 from .optim import PackedOptimizer
 
 
-class PackedTrainStep:
+class PackedTrainStep(GraphedStep):
     """forward -> per-member softmax cross-entropy -> backward -> per-member updates."""
 
     def __init__(self, pack: PackedMLP, optimizer: PackedOptimizer, batch_size: int,
@@ -127,32 +127,16 @@ class PackedTrainStep:
         """One step on a full batch (``x``, ``y`` copied into the step's buffers unless they
         are those buffers). Returns the per-member losses (K,) (a device array, valid until
         the next step; NaN / inf for a member that diverged in this step)."""
-        be = self.backend
-        if x is not None and x is not self.x:
-            be.xp.copyto(self.x, x)
-        if y is not None and y is not self.y:
-            be.xp.copyto(self.y, y)
-        if not self.cuda_graph:
-            self._body(self.x, self.y)
-        else:
-            self._run_graph()
-        self.steps += 1
-        assert self.losses is not None
-        return self.losses
+        return self._step_full(x, y)
 
     def run_eager(self, x: Array, y: Array) -> Array:
         """One step on a batch of any size, outside the graph (an epoch's last partial
         batch)."""
-        self._graph.on_stream(lambda: self._body(x, y))
-        self.steps += 1
-        assert self.losses is not None
-        return self.losses
+        return self._step_any(x, y)
 
     # ------------------------------------------------------------------ CUDA graph
-    @property
-    def graph(self) -> Any:
-        """The recorded CUDA graph (None before the second graph-path step)."""
-        return self._graph.graph
+    def _output(self) -> Array | None:
+        return self.losses
 
     def _run_graph(self) -> None:
         # the per-member step counts live on the device and advance inside the graph

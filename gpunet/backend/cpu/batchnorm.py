@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..base import BatchTooSmallError
+from ..base import check_training_batch
 from .pool import WorkPool
 from .sums import MEAN_BLOCK, blocksum, colsum
 
@@ -69,9 +69,7 @@ def batchnorm_forward_train(pool: WorkPool, x: np.ndarray, gamma: np.ndarray, be
     with ``relu``) receives ``y > 0``.
     """
     n = x.shape[0]
-    if n < 2:
-        raise BatchTooSmallError(
-            f"batch norm needs at least 2 samples per training batch, got {n}")
+    check_training_batch(n)
     keep = centre is not None
     if keep and (tuple(centre.shape) != tuple(x.shape) or centre is out):
         raise ValueError("centre must be an array of x's shape other than out")

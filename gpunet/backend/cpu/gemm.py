@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .mkl import MklGemm
-from .pool import WorkPool
+from .pool import WorkPool, column_ranges
 
 Product = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -52,9 +52,7 @@ def blocks(a: np.ndarray, b: np.ndarray, out: np.ndarray, k: int) -> list[Produc
     if k == 1:
         return [(a, b, out)]
     if n >= 64 * k:
-        bounds = [(n * i // k) // 16 * 16 for i in range(k)] + [n]
-        return [(a, b[:, bounds[i]:bounds[i + 1]], out[:, bounds[i]:bounds[i + 1]])
-                for i in range(k)]
+        return [(a, b[:, lo:hi], out[:, lo:hi]) for lo, hi in column_ranges(n, k)]
     cuts = [m * i // k for i in range(k + 1)]
     return [(a[cuts[i]:cuts[i + 1]], b, out[cuts[i]:cuts[i + 1]]) for i in range(k)
             if cuts[i + 1] > cuts[i]]

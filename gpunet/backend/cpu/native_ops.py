@@ -14,7 +14,7 @@ import numpy as np
 
 from .native import KINDS, NativeKernels, fits_rows, ptr, row_stride
 from .optim import adam_factors
-from .pool import WorkPool
+from .pool import WorkPool, column_ranges
 
 #: batch-norm calls over fewer elements than this run on the calling thread alone (a
 #: (64, 4096) call took 0.32 ms on one thread and 0.46 ms split in two on the 2-core VM)
@@ -32,9 +32,7 @@ def _vector(a: Any, c: int) -> bool:
 def _column_parts(pool: WorkPool, c: int, elements: int, minimum: int) -> list[tuple[int, int]]:
     """Column ranges, one per thread (multiples of 16 columns), or one when small."""
     k = pool.threads if elements >= minimum else 1
-    k = max(1, min(k, c // 16))
-    bounds = [0] + [(c * i // k) // 16 * 16 for i in range(1, k)] + [c]
-    return [(bounds[i], bounds[i + 1]) for i in range(k) if bounds[i + 1] > bounds[i]]
+    return column_ranges(c, max(1, min(k, c // 16)))
 
 
 def _momenta(momentum: float | np.ndarray, c: int) -> np.ndarray | None:
@@ -173,6 +171,4 @@ def _optimizer_parts(threads: int, k: int, p: int) -> list[tuple[int, int, int, 
     if k >= threads and k % threads == 0:
         bounds = [k * i // threads for i in range(threads + 1)]
         return [(bounds[i], bounds[i + 1], 0, p) for i in range(threads)]
-    bounds = [0] + [(p * i // threads) // 16 * 16 for i in range(1, threads)] + [p]
-    return [(0, k, bounds[i], bounds[i + 1]) for i in range(threads)
-            if bounds[i + 1] > bounds[i]]
+    return [(0, k, lo, hi) for lo, hi in column_ranges(p, threads)]

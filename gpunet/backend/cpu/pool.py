@@ -95,6 +95,13 @@ class WorkPool:
         return buf
 
 
+def column_ranges(n: int, k: int, align: int = 16) -> list[tuple[int, int]]:
+    """``k`` contiguous ranges covering range(n), their inner bounds multiples of ``align``
+    (whole cache lines of float32); empty ranges left out."""
+    bounds = [0] + [(n * i // k) // align * align for i in range(1, k)] + [n]
+    return [(bounds[i], bounds[i + 1]) for i in range(k) if bounds[i + 1] > bounds[i]]
+
+
 def bound_native_threads(n: int) -> None:
     """Hold every BLAS and OpenMP library loaded in this process (OpenBLAS, MKL, OpenMP
     runtimes) at ``n`` threads or fewer, through threadpoolctl, for the rest of the process.
